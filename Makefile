@@ -1,0 +1,32 @@
+# cutq: the two commands a newcomer needs are `make demo` (soon `make quantize`) and `make test`.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: setup demo test lint bench clean
+
+setup: $(STAMP)  ## create .venv with cutq, cutq-runtime (editable) and the dev tools
+
+$(STAMP): pyproject.toml runtime/pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e ./runtime -e ".[dev]"
+	touch $(STAMP)
+
+demo: setup  ## cut the background out of a bundled photo into demo/
+	$(BIN)/cutq remove calibration_data/chelsea.png calibration_data/astronaut.png --out-dir demo --model u2netp
+	@echo "Cut-outs written to demo/"
+
+test: setup  ## run the test suite (pulls u2netp and u2net into the model cache on first run)
+	$(BIN)/python -m pytest
+
+lint: setup
+	$(BIN)/ruff check .
+
+bench: setup  ## end-to-end cutq vs rembg, then the hot-path suites (not part of `make test`)
+	$(BIN)/python -m cutq.benchmarks.e2e
+	$(BIN)/python -m pytest benchmarks/suites --benchmark-storage=benchmarks/baselines --benchmark-compare
+
+clean:
+	rm -rf $(VENV) demo .pytest_cache .benchmarks

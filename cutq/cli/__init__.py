@@ -1,0 +1,20 @@
+"""The `cutq` command line. Each command is a thin layer: parse, call the library, print."""
+
+from __future__ import annotations
+
+import typer
+
+from . import models, remove
+
+app = typer.Typer(
+    help="Quantize, prune, benchmark and run U²-Net background removal on CPU.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+app.command("remove")(remove.remove)
+app.add_typer(models.app, name="models")
+
+
+def main() -> None:
+    app()

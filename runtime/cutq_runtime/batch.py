@@ -1,0 +1,140 @@
+"""Many inputs -> many cut-outs: expanding files, globs and folders, planning outputs, running, reporting.
+
+Both command lines (`python -m cutq_runtime` and `cutq`) use this; they differ only in how they draw
+progress. A bad file is reported by name and skipped; nothing is written for it.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .api import RemoveOptions, remove
+from .errors import CutqError, OutputError
+from .fsutil import atomic_write_bytes
+from .session import Session
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif", ".jfif", ".ppm"}
+STDIO = "-"
+
+
+@dataclass(frozen=True)
+class Job:
+    """One input and where its result goes (`-` is stdin or stdout)."""
+
+    source: str
+    target: str
+
+
+@dataclass
+class BatchResult:
+    done: list[Job] = field(default_factory=list)
+    failed: list[tuple[Job, str]] = field(default_factory=list)
+
+
+def expand_inputs(patterns: Sequence[str]) -> list[str]:
+    """Files as given, globs expanded, folders to their image files (sorted, not recursive); `-` kept."""
+    found: list[str] = []
+    for pattern in patterns:
+        if pattern == STDIO:
+            found.append(STDIO)
+        elif os.path.isdir(pattern):
+            found += sorted(str(p) for p in Path(pattern).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+        elif glob.has_magic(pattern):
+            matches = sorted(glob.glob(pattern, recursive=True))
+            if not matches:
+                raise CutqError(f"{pattern}: no file matches")
+            found += [m for m in matches if os.path.isfile(m)]
+        else:
+            found.append(pattern)
+    seen: set[str] = set()
+    return [p for p in found if not (p in seen or seen.add(p))]  # type: ignore[func-returns-value]
+
+
+def plan(inputs: Sequence[str], out: str | None, out_dir: str | None) -> list[Job]:
+    """Pair inputs with outputs; refuse anything that would overwrite an input or write two results to one file."""
+    if not inputs:
+        raise CutqError("no input images")
+    if (out is None) == (out_dir is None):
+        raise CutqError("give exactly one of -o/--out FILE or --out-dir DIR")
+    if out is not None:
+        if len(inputs) > 1:
+            raise CutqError(f"{len(inputs)} inputs but one output file: use --out-dir DIR for several inputs")
+        jobs = [Job(inputs[0], out)]
+    else:
+        assert out_dir is not None
+        os.makedirs(out_dir, exist_ok=True)
+        jobs = [Job(src, os.path.join(out_dir, f"{'stdin' if src == STDIO else Path(src).stem}.png")) for src in inputs]
+    sources = {os.path.realpath(j.source) for j in jobs if j.source != STDIO}
+    targets: dict[str, str] = {}
+    for job in jobs:
+        if job.target == STDIO:
+            continue
+        real = os.path.realpath(job.target)
+        if real in sources:
+            raise OutputError(f"{job.target}: would overwrite an input; choose another output")
+        if real in targets:
+            raise OutputError(f"{targets[real]} and {job.source} would both be written to {job.target}")
+        targets[real] = job.source
+    return jobs
+
+
+def run(jobs: Sequence[Job], session: Session, options: RemoveOptions,
+        on_result: Callable[[Job, str | None], None] | None = None) -> BatchResult:
+    """Process jobs in order; `on_result(job, error_or_None)` is called after each one."""
+    result = BatchResult()
+    for job in jobs:
+        error = _run_one(job, session, options)
+        if error is None:
+            result.done.append(job)
+        else:
+            result.failed.append((job, error))
+        if on_result:
+            on_result(job, error)
+    return result
+
+
+def _run_one(job: Job, session: Session, options: RemoveOptions) -> str | None:
+    try:
+        data = sys.stdin.buffer.read() if job.source == STDIO else _read(job.source)
+        png = remove(data, session, source=job.source, options=options)
+        if job.target == STDIO:
+            sys.stdout.buffer.write(png)
+            sys.stdout.buffer.flush()
+        else:
+            atomic_write_bytes(job.target, png)
+    except CutqError as exc:
+        return str(exc)
+    except OSError as exc:
+        return f"{job.target if job.target != STDIO else job.source}: {exc.strerror or exc}"
+    except Exception as exc:  # noqa: BLE001 - one odd file must not stop a folder run
+        return f"{job.source}: unexpected {type(exc).__name__}: {exc}"
+    return None
+
+
+def _read(path: str) -> bytes:
+    try:
+        with open(path, "rb") as handle:
+            return handle.read()
+    except OSError as exc:
+        raise CutqError(f"{path}: cannot read ({exc.strerror or exc})") from exc
+
+
+def parse_bgcolor(text: str | None) -> tuple[int, int, int, int] | None:
+    """`R,G,B,A` with 0-255 integers (A defaults to 255)."""
+    if text is None:
+        return None
+    parts = [p.strip() for p in text.split(",")]
+    try:
+        values = [int(p) for p in parts]
+    except ValueError:
+        values = []
+    if len(values) == 3:
+        values.append(255)
+    if len(values) != 4 or not all(0 <= v <= 255 for v in values):
+        raise CutqError(f"--bgcolor '{text}': expected R,G,B[,A] with integers 0-255")
+    return (values[0], values[1], values[2], values[3])

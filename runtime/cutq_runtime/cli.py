@@ -1,0 +1,99 @@
+"""`python -m cutq_runtime`: the standard-library command line for small devices (no typer, no rich).
+
+    python -m cutq_runtime remove photos/ --out-dir cutouts/ --model u2netp
+    python -m cutq_runtime models list | pull NAME | path NAME | import FILE --name NAME
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from . import batch, models
+from .api import DEFAULT_MODEL, DEFAULT_PNG_LEVEL, RemoveOptions
+from .errors import CutqError
+from .progress import TextProgress
+from .session import SessionConfig, new_session
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m cutq_runtime", description="U²-Net background removal on CPU.")
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--cache-dir", help="model cache (default: $CUTQ_HOME or ~/.cache/cutq)")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    rm = sub.add_parser("remove", help="cut the background out of images", parents=[common])
+    rm.add_argument("inputs", nargs="+", help="files, globs or folders; - reads stdin")
+    target = rm.add_mutually_exclusive_group(required=True)
+    target.add_argument("-o", "--out", help="output PNG for a single input; - writes stdout")
+    target.add_argument("--out-dir", help="folder for <stem>.png outputs")
+    rm.add_argument("-m", "--model", default=DEFAULT_MODEL, help="variant name or .onnx/.ort path (default: u2net)")
+    rm.add_argument("--only-mask", action="store_true", help="write the 8-bit mask instead of the cut-out")
+    rm.add_argument("--bgcolor", help="flatten onto R,G,B,A instead of transparency")
+    rm.add_argument("--threads", type=int, help="onnxruntime intra-op threads (default: all cores)")
+    rm.add_argument("--max-pixels", type=int, help="refuse larger images (default: 89478485)")
+    rm.add_argument("--png-level", type=int, default=DEFAULT_PNG_LEVEL, choices=range(10), metavar="0-9",
+                    help=f"PNG compression: higher is smaller and slower (default: {DEFAULT_PNG_LEVEL})")
+
+    mdl = sub.add_parser("models", help="list, fetch and import models")
+    msub = mdl.add_subparsers(dest="action", required=True)
+    msub.add_parser("list", help="known models and cached variants", parents=[common])
+    for action, text in (("pull", "download a released model into the cache"), ("path", "print a model's file path")):
+        msub.add_parser(action, help=text, parents=[common]).add_argument("name")
+    imp = msub.add_parser("import", help="copy an .onnx/.ort file into the cache under a name", parents=[common])
+    imp.add_argument("file")
+    imp.add_argument("--name", required=True)
+    imp.add_argument("--base", help="released model whose preprocessing it uses (default: U²-Net's)")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        if args.command == "remove":
+            return _remove(args)
+        return _models(args)
+    except CutqError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+def _remove(args: argparse.Namespace) -> int:
+    jobs = batch.plan(batch.expand_inputs(args.inputs), args.out, args.out_dir)
+    options = RemoveOptions(args.only_mask, batch.parse_bgcolor(args.bgcolor), args.max_pixels, args.png_level)
+    session = new_session(args.model, cache_dir=args.cache_dir, config=SessionConfig(threads=args.threads))
+    bar = TextProgress("Removing backgrounds")
+    count = 0
+
+    def report(job: batch.Job, error: str | None) -> None:
+        nonlocal count
+        count += 1
+        if error:
+            print(f"\nerror: {error}", file=sys.stderr)
+        bar(count, len(jobs))
+
+    result = batch.run(jobs, session, options, report)
+    if result.failed:
+        print(f"{len(result.failed)} of {len(jobs)} failed", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _models(args: argparse.Namespace) -> int:
+    cache = models.cache_dir(args.cache_dir)
+    if args.action == "list":
+        for info in models.list_models(cache):
+            where = str(info.path) if info.path else "not downloaded"
+            print(f"{info.name:<20} {info.kind:<8} {(info.size_bytes or 0) / 1e6:8.1f} MB  {where}")
+    elif args.action == "pull":
+        print(models.pull(args.name, cache))
+    elif args.action == "path":
+        print(models.resolve(args.name, cache).path)
+    else:
+        print(models.import_model(args.file, args.name, cache, base=args.base))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

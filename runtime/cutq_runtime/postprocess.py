@@ -1,0 +1,25 @@
+"""Model output -> mask -> cut-out, with rembg's exact operations so FP32 output matches it pixel for pixel."""
+
+from __future__ import annotations
+
+import numpy as np
+from PIL import Image
+
+
+def to_mask(prediction: np.ndarray, size: tuple[int, int]) -> Image.Image:
+    """Min-max normalise the fused map, quantize to 8 bits and resize to the image size with LANCZOS."""
+    pred = np.squeeze(prediction).astype(np.float32, copy=False)
+    lo, hi = np.min(pred), np.max(pred)
+    pred = (pred - lo) / (hi - lo) if hi > lo else np.zeros_like(pred)
+    mask = Image.fromarray((pred.clip(0, 1) * 255).astype(np.uint8), mode="L")
+    return mask.resize(size, Image.Resampling.LANCZOS)
+
+
+def cutout(img: Image.Image, mask: Image.Image) -> Image.Image:
+    """RGBA cut-out: the image composited over transparent black through the mask (rembg's `naive_cutout`)."""
+    return Image.composite(img, Image.new("RGBA", img.size, 0), mask)
+
+
+def apply_background(cut: Image.Image, color: tuple[int, int, int, int]) -> Image.Image:
+    """Flatten the cut-out over a solid colour."""
+    return Image.alpha_composite(Image.new("RGBA", cut.size, tuple(color)), cut)

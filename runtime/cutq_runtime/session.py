@@ -1,0 +1,118 @@
+"""An ONNX Runtime session for one U²-Net variant, loaded once and safe to share between threads.
+
+`InferenceSession.run` is thread-safe, and pre/postprocessing keep no state, so one `Session` can
+serve many requests at once.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+from PIL import Image
+
+from . import postprocess, preprocess
+from .errors import ModelError
+from .models import ResolvedModel, resolve
+from .progress import ProgressFn
+from .registry import InputSpec
+
+_OPT_LEVELS = {
+    "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
+    "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+    "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+    "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+}
+
+
+@dataclass(frozen=True)
+class SessionConfig:
+    """How ONNX Runtime runs the model. `threads=None` lets it use every physical core."""
+
+    threads: int | None = None
+    providers: tuple[str, ...] = ("CPUExecutionProvider",)
+    optimization: str = "all"
+
+    def session_options(self) -> ort.SessionOptions:
+        if self.optimization not in _OPT_LEVELS:
+            raise ModelError(f"optimization must be one of {sorted(_OPT_LEVELS)}, not '{self.optimization}'")
+        options = ort.SessionOptions()
+        options.graph_optimization_level = _OPT_LEVELS[self.optimization]
+        options.log_severity_level = 3
+        if self.threads:
+            options.intra_op_num_threads = self.threads
+            options.inter_op_num_threads = 1
+        return options
+
+
+class Session:
+    """A loaded model plus the input convention it is served with."""
+
+    def __init__(self, model: ResolvedModel, config: SessionConfig | None = None) -> None:
+        self.model = model
+        self.config = config or SessionConfig()
+        self.inference = _load(model.path, self.config)
+        _check_io(self.inference, model.path)
+        self.input_name = self.inference.get_inputs()[0].name
+        self.output_name = self.inference.get_outputs()[0].name
+
+    @property
+    def name(self) -> str:
+        return self.model.name
+
+    @property
+    def input_spec(self) -> InputSpec:
+        return self.model.input
+
+    def run(self, tensor: np.ndarray) -> np.ndarray:
+        """The fused mask map [1, 1, H, W] for an input tensor from `preprocess.to_tensor`."""
+        return self.inference.run([self.output_name], {self.input_name: tensor})[0]
+
+    def predict_mask(self, img: Image.Image) -> Image.Image:
+        """An 8-bit mask at the image's own size."""
+        tensor = preprocess.to_tensor(img, self.input_spec)
+        return postprocess.to_mask(self.run(tensor), img.size)
+
+    def __repr__(self) -> str:
+        return f"Session(name={self.name!r}, path={str(self.model.path)!r})"
+
+
+def new_session(model: str | os.PathLike[str] = "u2net", *, threads: int | None = None,
+                providers: list[str] | tuple[str, ...] | None = None, cache_dir: str | os.PathLike[str] | None = None,
+                config: SessionConfig | None = None, progress: ProgressFn | None = None) -> Session:
+    """Load a model by variant name (`u2net`, `u2netp-int8`, ...) or path, pulling released models if missing."""
+    from .models import cache_dir as default_cache
+
+    config = config or SessionConfig(
+        threads=threads, providers=tuple(providers) if providers else SessionConfig.providers
+    )
+    resolved = resolve(model, default_cache(cache_dir), progress=progress)
+    return Session(resolved, config)
+
+
+def _load(path: Path, config: SessionConfig) -> ort.InferenceSession:
+    try:
+        return ort.InferenceSession(str(path), sess_options=config.session_options(), providers=list(config.providers))
+    except Exception as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ModelError(f"{path}: not a loadable ONNX model ({first})") from exc
+
+
+def _check_io(inference: ort.InferenceSession, path: Path) -> None:
+    """Refuse models that are not U²-Net-like: one image input [N, 3, H, W], a first output [N, 1, H, W]."""
+    inputs, outputs = inference.get_inputs(), inference.get_outputs()
+    if len(inputs) != 1 or len(inputs[0].shape) != 4 or inputs[0].shape[1] != 3:
+        shapes = [tuple(i.shape) for i in inputs]
+        raise ModelError(f"{path}: not a U²-Net-like model (expects one [N, 3, H, W] image input, has {shapes})")
+    if not outputs or len(outputs[0].shape) != 4 or outputs[0].shape[1] != 1:
+        shape = tuple(outputs[0].shape) if outputs else None
+        raise ModelError(f"{path}: not a U²-Net-like model (first output should be a [N, 1, H, W] mask, is {shape})")
+
+
+def check_u2net_like(path: Path) -> None:
+    """Load a file once to check it is a U²-Net-like model; `ModelError` otherwise."""
+    config = SessionConfig(threads=1, optimization="disable")
+    _check_io(_load(path, config), path)

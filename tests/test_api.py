@@ -1,0 +1,103 @@
+"""The Python API: input kinds, session reuse across threads, paths, .ort files, determinism."""
+
+from __future__ import annotations
+
+import io
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+from PIL import Image
+
+from cutq_runtime import ModelError, RemoveOptions, SessionConfig, new_session, remove
+from cutq_runtime.preprocess import to_tensor
+from cutq_runtime.registry import InputSpec
+
+from .conftest import CALIBRATION, decode_rgba
+
+
+def test_returns_the_kind_it_was_given(u2netp, photo: bytes) -> None:
+    out = remove(photo, session=u2netp)
+    assert isinstance(out, bytes) and out.startswith(b"\x89PNG")
+    img = Image.open(io.BytesIO(photo))
+    pil = remove(img, session=u2netp)
+    assert isinstance(pil, Image.Image) and pil.mode == "RGBA" and pil.size == img.size
+    arr = remove(np.asarray(img), session=u2netp)
+    assert isinstance(arr, np.ndarray) and arr.shape == (img.height, img.width, 4)
+    assert np.array_equal(arr, np.asarray(pil)) and np.array_equal(decode_rgba(out), np.asarray(pil))
+
+
+def test_only_mask_and_bgcolor(u2netp, photo: bytes) -> None:
+    mask = remove(Image.open(io.BytesIO(photo)), session=u2netp, only_mask=True)
+    assert mask.mode == "L"
+    flat = decode_rgba(remove(photo, session=u2netp, bgcolor=(0, 255, 0, 255)))
+    assert (flat[..., 3] == 255).all()
+    background = np.asarray(mask) < 5
+    assert background.any()
+    assert (flat[background][:, 1] > 240).mean() > 0.9  # the green shows through where the mask is empty
+
+
+def test_session_is_safe_across_threads(u2netp) -> None:
+    photos = [(CALIBRATION / name).read_bytes() for name in ("chelsea.png", "coffee.png", "astronaut.png", "rocket.jpg")]
+    sequential = [remove(p, session=u2netp) for p in photos]
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        parallel = list(pool.map(lambda p: remove(p, session=u2netp), photos * 2))
+    assert parallel == sequential * 2
+
+
+def test_same_input_same_bytes(u2netp, photo: bytes) -> None:
+    assert remove(photo, session=u2netp) == remove(photo, session=u2netp)
+
+
+def test_png_level_changes_size_not_pixels(u2netp, photo: bytes) -> None:
+    fast = remove(photo, session=u2netp, options=RemoveOptions(png_compress_level=1))
+    small = remove(photo, session=u2netp, options=RemoveOptions(png_compress_level=9))
+    assert np.array_equal(decode_rgba(fast), decode_rgba(small))
+    assert len(small) < len(fast)
+
+
+def test_preprocess_matches_float64_reference() -> None:
+    """The table-driven preprocessing equals rembg's float64 arithmetic, value for value."""
+    img = Image.open(CALIBRATION / "coffee.png")
+    spec = InputSpec()
+    pixels = np.array(img.convert("RGB").resize(spec.size, Image.Resampling.LANCZOS))
+    scaled = pixels / max(np.max(pixels), 1e-6)
+    reference = np.stack([(scaled[..., c] - spec.mean[c]) / spec.std[c] for c in range(3)])[None].astype(np.float32)
+    assert np.array_equal(to_tensor(img, spec), reference)
+    black = Image.new("RGB", (50, 40))
+    assert np.isfinite(to_tensor(black, spec)).all()
+
+
+def test_new_session_takes_a_path_threads_and_providers(u2netp_path: Path, photo: bytes, u2netp) -> None:
+    session = new_session(u2netp_path, threads=1, providers=["CPUExecutionProvider"])
+    assert session.inference.get_session_options().intra_op_num_threads == 1
+    assert remove(photo, session=session) == remove(photo, session=u2netp)
+
+
+def test_ort_format_file_serves_the_same_masks(tmp_path: Path, u2netp_path: Path, u2netp, photo: bytes) -> None:
+    options = ort.SessionOptions()
+    options.optimized_model_filepath = str(tmp_path / "u2netp.ort")
+    options.add_session_config_entry("session.save_model_format", "ORT")
+    ort.InferenceSession(str(u2netp_path), options, providers=["CPUExecutionProvider"])
+    session = new_session(tmp_path / "u2netp.ort", config=SessionConfig(optimization="basic"))
+    ours = decode_rgba(remove(photo, session=session, only_mask=True))
+    ref = decode_rgba(remove(photo, session=u2netp, only_mask=True))
+    assert np.abs(ours - ref).max() <= 1
+
+
+def test_missing_or_foreign_model_is_a_clear_error(tmp_path: Path) -> None:
+    with pytest.raises(ModelError, match="no such model file"):
+        new_session(tmp_path / "absent.onnx")
+    junk = tmp_path / "junk.onnx"
+    junk.write_bytes(b"not a model")
+    with pytest.raises(ModelError, match=r"junk\.onnx: not a loadable ONNX model"):
+        new_session(junk)
+    with pytest.raises(ModelError, match="unknown model 'u3net'"):
+        new_session("u3net")
+
+
+def test_unsupported_input_type(u2netp) -> None:
+    with pytest.raises(TypeError, match="bytes, a PIL image or a numpy array"):
+        remove("photo.jpg", session=u2netp)  # type: ignore[call-overload]
