@@ -1,8 +1,8 @@
 """`remove()`: rembg's call signature, cutq's runtime underneath.
 
 Given the same FP32 model, the RGBA result equals rembg's. Time is saved outside the model, mostly
-in PNG encoding: byte output uses a faster compression level (same pixels, larger file;
-`png_compress_level=6` gives rembg's file size). See benchmarks/README.md for where time goes.
+in PNG encoding: byte output goes through `png.encode` at a fast zlib level (same pixels, larger
+file; raise `png_compress_level` for smaller files). See benchmarks/README.md for where time goes.
 """
 
 from __future__ import annotations

@@ -14,6 +14,7 @@ import warnings
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from . import png
 from .errors import ImageError
 
 DEFAULT_MAX_PIXELS = 89_478_485
@@ -100,6 +101,4 @@ def _to_8bit(img: Image.Image) -> Image.Image:
 
 def encode_png(img: Image.Image, compress_level: int) -> bytes:
     """PNG bytes. Pixels never depend on `compress_level`; only file size and time do."""
-    buffer = io.BytesIO()
-    img.save(buffer, "PNG", compress_level=compress_level)
-    return buffer.getvalue()
+    return png.encode(img, compress_level)
