@@ -1,0 +1,100 @@
+"""Choosing and loading the images for calibration and verification.
+
+Images become tensors through `cutq_runtime`'s own decoding and preprocessing, so calibration sees
+exactly what serving feeds the model. Sampling is seeded; splitting is by scene (the `<sequence>_<frame>`
+stem convention of video datasets such as DAVIS), so calibration and verification never share a scene.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import random
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from cutq_runtime import images, preprocess
+from cutq_runtime.batch import IMAGE_SUFFIXES
+from cutq_runtime.errors import CutqError, ImageError
+from cutq_runtime.registry import InputSpec
+
+_FRAME = re.compile(r"^(?P<sequence>.+)_\d+$")
+
+
+@dataclass(frozen=True)
+class LoadedImages:
+    """Tensors ready for the model, the files they came from, and the files that could not be read."""
+
+    paths: tuple[Path, ...]
+    tensors: tuple[np.ndarray, ...]
+    skipped: tuple[str, ...] = field(default=())
+
+    @property
+    def fingerprint(self) -> str:
+        """sha256 over file names and contents: recorded in manifests so a variant's inputs are identifiable."""
+        digest = hashlib.sha256()
+        for path in self.paths:
+            digest.update(path.name.encode() + b"\0" + hashlib.sha256(path.read_bytes()).digest())
+        return digest.hexdigest()
+
+
+def list_images(folder: str | Path) -> list[Path]:
+    """Image files in `folder` (or in its `images/` subfolder, the davis-val layout), sorted by name."""
+    root = Path(folder)
+    if not root.is_dir():
+        raise CutqError(f"{root}: no such folder")
+    if (root / "images").is_dir():
+        root = root / "images"
+    found = sorted(p for p in root.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    if not found:
+        raise CutqError(f"{root}: no images found (looked for {', '.join(sorted(IMAGE_SUFFIXES))})")
+    return found
+
+
+def sequence_of(path: Path) -> str:
+    """`dog_00040.jpg` -> `dog`; a stem without a frame number is its own sequence."""
+    match = _FRAME.match(path.stem)
+    return match.group("sequence") if match else path.stem
+
+
+def split_by_sequence(paths: Sequence[Path], verify_fraction: float = 0.5,
+                      seed: int = 0) -> tuple[list[Path], list[Path]]:
+    """Split into (calibration, verification) by whole sequences, with a seeded shuffle of the sequences."""
+    sequences = sorted({sequence_of(p) for p in paths})
+    if len(sequences) < 2:
+        raise CutqError("need images from at least two scenes to keep calibration and verification apart")
+    random.Random(seed).shuffle(sequences)
+    n_verify = min(len(sequences) - 1, max(1, round(len(sequences) * verify_fraction)))
+    held_out = set(sequences[:n_verify])
+    calibration = [p for p in paths if sequence_of(p) not in held_out]
+    verification = [p for p in paths if sequence_of(p) in held_out]
+    return calibration, verification
+
+
+def sample(paths: Sequence[Path], count: int | None, seed: int = 0) -> list[Path]:
+    """A seeded sample of `count` paths (all of them when `count` is None or larger), in name order."""
+    if count is None or count >= len(paths):
+        return sorted(paths)
+    return sorted(random.Random(seed).sample(sorted(paths), count))
+
+
+def load(paths: Sequence[Path], spec: InputSpec, minimum: int = 1) -> LoadedImages:
+    """Decode and preprocess; unreadable files are skipped and named; fewer than `minimum` good ones is an error."""
+    kept: list[Path] = []
+    tensors: list[np.ndarray] = []
+    skipped: list[str] = []
+    for path in paths:
+        try:
+            img = images.decode(path.read_bytes(), str(path))
+        except (ImageError, OSError) as exc:
+            skipped.append(str(exc))
+            continue
+        kept.append(path)
+        tensors.append(preprocess.to_tensor(img, spec))
+    if len(kept) < minimum:
+        detail = "; ".join(skipped) if skipped else "none given"
+        raise CutqError(f"only {len(kept)} readable image(s), need at least {minimum} (skipped: {detail})")
+    return LoadedImages(tuple(kept), tuple(tensors), tuple(skipped))
