@@ -6,12 +6,16 @@ import numpy as np
 from PIL import Image
 
 
-def to_mask(prediction: np.ndarray, size: tuple[int, int]) -> Image.Image:
-    """Min-max normalise the fused map, quantize to 8 bits and resize to the image size with LANCZOS."""
+def normalize(prediction: np.ndarray) -> np.ndarray:
+    """The fused map min-max normalised to [0, 1] at model resolution: what every served mask is made of."""
     pred = np.squeeze(prediction).astype(np.float32, copy=False)
     lo, hi = np.min(pred), np.max(pred)
-    pred = (pred - lo) / (hi - lo) if hi > lo else np.zeros_like(pred)
-    mask = Image.fromarray((pred.clip(0, 1) * 255).astype(np.uint8), mode="L")
+    return (pred - lo) / (hi - lo) if hi > lo else np.zeros_like(pred)
+
+
+def to_mask(prediction: np.ndarray, size: tuple[int, int]) -> Image.Image:
+    """Normalise, quantize to 8 bits and resize to the image size with LANCZOS (rembg's exact steps)."""
+    mask = Image.fromarray((normalize(prediction).clip(0, 1) * 255).astype(np.uint8), mode="L")
     return mask.resize(size, Image.Resampling.LANCZOS)
 
 

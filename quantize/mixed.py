@@ -1,0 +1,85 @@
+"""Pipeline step: mixed precision, i.e. chosen Conv nodes of a QDQ model run in float.
+
+Excluding a node from ONNX Runtime's quantizer does not keep it float: the Q/DQ pairs of the tensors
+around it stay, so it still sees quantized inputs. Here a node is made float at the tensor level: its
+activation inputs bypass their Q/DQ pair (it reads the float tensor), and its weight and bias come from
+the float model instead of DequantizeLinear. Its output stays quantized for the next INT8 consumer.
+Requires a QDQ model made with explicit activations (Relu kept), so no fused Relu is lost.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import onnx
+from onnx import numpy_helper
+
+from cutq_runtime.errors import CutqError
+
+_QUANTIZED_SUFFIX = "_quantized"
+
+
+def float_nodes(qdq: onnx.ModelProto) -> list[str]:
+    """Names of Conv nodes that read no DequantizeLinear output, i.e. that run in float."""
+    producers = {out: node for node in qdq.graph.node for out in node.output}
+    return [
+        node.name
+        for node in qdq.graph.node
+        if node.op_type == "Conv"
+        and not any(producers.get(i) is not None and producers[i].op_type == "DequantizeLinear" for i in node.input)
+    ]
+
+
+def keep_float(qdq: onnx.ModelProto, reference: onnx.ModelProto, nodes: Iterable[str]) -> onnx.ModelProto:
+    """A copy of `qdq` in which each named node reads float inputs, weights and bias."""
+    model = onnx.ModelProto()
+    model.CopyFrom(qdq)
+    wanted = set(nodes)
+    graph = model.graph
+    producers = {out: node for node in graph.node for out in node.output}
+    originals = {init.name: init for init in reference.graph.initializer}
+    found = set()
+    for node in graph.node:
+        if node.name not in wanted:
+            continue
+        found.add(node.name)
+        for k, name in enumerate(node.input):
+            dq = producers.get(name)
+            if dq is None or dq.op_type != "DequantizeLinear":
+                continue
+            q = producers.get(dq.input[0])
+            if q is not None and q.op_type == "QuantizeLinear":
+                node.input[k] = q.input[0]  # activation: read the tensor before its Q/DQ pair
+            else:
+                node.input[k] = _float_initializer(graph, originals, dq.input[0])
+    missing = wanted - found
+    if missing:
+        raise CutqError(f"no such node(s) in the model: {', '.join(sorted(missing))}")
+    _prune(graph)
+    return model
+
+
+def _float_initializer(graph: onnx.GraphProto, originals: dict[str, onnx.TensorProto], quantized: str) -> str:
+    """Add the float original of a quantized initializer (`W_quantized` -> `W`) under a fresh name."""
+    if not quantized.endswith(_QUANTIZED_SUFFIX) or quantized[: -len(_QUANTIZED_SUFFIX)] not in originals:
+        raise CutqError(f"cannot find the float original of initializer '{quantized}'")
+    name = quantized[: -len(_QUANTIZED_SUFFIX)] + "_float"
+    if not any(init.name == name for init in graph.initializer):
+        array = numpy_helper.to_array(originals[quantized[: -len(_QUANTIZED_SUFFIX)]])
+        graph.initializer.append(numpy_helper.from_array(array, name))
+    return name
+
+
+def _prune(graph: onnx.GraphProto) -> None:
+    """Drop Q/DQ nodes nobody reads any more, then initializers nobody reads."""
+    outputs = {o.name for o in graph.output}
+    while True:
+        used = {i for node in graph.node for i in node.input} | outputs
+        dead = [n for n in graph.node if n.op_type in ("QuantizeLinear", "DequantizeLinear") and n.output[0] not in used]
+        if not dead:
+            break
+        for node in dead:
+            graph.node.remove(node)
+    used = {i for node in graph.node for i in node.input}
+    for init in [i for i in graph.initializer if i.name not in used]:
+        graph.initializer.remove(init)

@@ -1,0 +1,62 @@
+"""Pipeline step: static QDQ quantization from precomputed ranges.
+
+Defaults are those for x86 CPUs with VNNI: per-channel signed 8-bit weights, unsigned 8-bit
+activations, full range. Calling ONNX Runtime's `quantize_static` with a calibration cache keeps us on
+its public API while reusing one calibration for many attempts.
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import onnx
+from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
+from onnxruntime.quantization.calibrate import TensorsData, save_tensors_data
+
+from cutq_runtime.errors import CutqError
+
+TYPES = {"s8": QuantType.QInt8, "u8": QuantType.QUInt8}
+
+
+@dataclass(frozen=True)
+class QuantConfig:
+    """How weights and activations are quantized."""
+
+    per_channel: bool = True
+    weight_type: str = "s8"
+    activation_type: str = "u8"
+    reduce_range: bool = False
+
+    def __post_init__(self) -> None:
+        for label, value in (("weight type", self.weight_type), ("activation type", self.activation_type)):
+            if value not in TYPES:
+                raise CutqError(f"{label} '{value}' is not one of {', '.join(TYPES)}")
+
+
+def quantize_qdq(model: onnx.ModelProto, ranges: TensorsData, config: QuantConfig | None = None) -> onnx.ModelProto:
+    """A QDQ model: every supported op gets Q/DQ pairs on its inputs and outputs."""
+    config = config or QuantConfig()
+    logging.getLogger().setLevel(logging.ERROR)  # quantize_static warns about pre-processing we already did
+    with tempfile.TemporaryDirectory(prefix="cutq-qdq-") as tmp:
+        src, out, cache = Path(tmp) / "in.onnx", Path(tmp) / "out.onnx", Path(tmp) / "ranges.json"
+        onnx.save(model, src)
+        save_tensors_data(ranges, cache)
+        quantize_static(
+            src,
+            out,
+            calibration_data_reader=None,
+            quant_format=QuantFormat.QDQ,
+            per_channel=config.per_channel,
+            reduce_range=config.reduce_range,
+            activation_type=TYPES[config.activation_type],
+            weight_type=TYPES[config.weight_type],
+            calibrate_method=ranges.calibration_method,
+            calibration_cache_path=cache,
+            # Keep Relu explicit: `mixed.keep_float` can then bypass Q/DQ without losing a fused Relu.
+            # ONNX Runtime still fuses it at load time, so INT8 speed is unchanged.
+            extra_options={"QDQKeepRemovableActivations": True},
+        )
+        return onnx.load(out)
