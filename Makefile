@@ -4,7 +4,12 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup demo test lint bench clean
+# Calibration photos for `make quantize`: davis-val beside the repo when present (split by scene into
+# calibration and verification), else the bundled calibration_data/.
+DAVIS := ../shared/data/davis-val
+CALIB ?= $(if $(wildcard $(DAVIS)/images),$(DAVIS),calibration_data)
+
+.PHONY: setup quantize demo test lint bench clean
 
 setup: $(STAMP)  ## create .venv with cutq, cutq-runtime (editable) and the dev tools
 
@@ -13,6 +18,9 @@ $(STAMP): pyproject.toml runtime/pyproject.toml
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e ./runtime -e ".[dev]"
 	touch $(STAMP)
+
+quantize: setup  ## pull u2netp and u2net, quantize both to INT8 into the model cache, print the table
+	$(BIN)/cutq quantize --model u2netp --model u2net --calib-dir $(CALIB)
 
 demo: setup  ## cut the background out of a bundled photo into demo/
 	$(BIN)/cutq remove calibration_data/chelsea.png calibration_data/astronaut.png --out-dir demo --model u2netp

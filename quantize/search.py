@@ -1,8 +1,10 @@
 """Pipeline step: accuracy-aware search for the fewest float nodes that reach the target fidelity.
 
-Greedy: quantize everything, then while the masks on the search images are below the target SSIM,
-rank the still-quantized Convs by sensitivity and move the worst one to float. The search images are
-the calibration images; the verification images are kept for the final, honest measurement.
+Greedy: quantize everything; while the masks on the search images are below the target SSIM, rank the
+still-quantized Convs by sensitivity (cheap), try the top few in float for real (SSIM of the masks), and
+keep the one that helps most. Stop at the target, or when no candidate improves the worst image, so no
+node is left in float (and slow) for nothing. The search images are the calibration images; the
+verification images are kept for the final, honest measurement.
 """
 
 from __future__ import annotations
@@ -21,8 +23,10 @@ class SearchConfig:
     """Stop when the worst search image reaches `target_ssim`, or after `max_float_nodes` nodes."""
 
     target_ssim: float = 0.98
-    max_float_nodes: int = 12
+    max_float_nodes: int = 8
     probe_images: int = 3
+    candidates: int = 4
+    min_gain: float = 0.002
 
 
 @dataclass(frozen=True)
@@ -49,20 +53,28 @@ def search(reference: onnx.ModelProto, quantized: onnx.ModelProto, images: Seque
     """Keep the fewest Convs in float that bring the search images' SSIM min to the target."""
     config = config or SearchConfig()
     expected = verify.masks(verify.session_for(reference), images)
-    current = quantized
-    fidelity = verify.compare(expected, verify.masks(verify.session_for(current), images))
+
+    def measure(model: onnx.ModelProto) -> verify.Fidelity:
+        return verify.compare(expected, verify.masks(verify.session_for(model), images))
+
+    current, fidelity = quantized, measure(quantized)
     chosen: list[FloatNode] = []
     if on_step:
         on_step(0, fidelity)
     while fidelity.ssim_min < config.target_ssim and len(chosen) < config.max_float_nodes:
-        ranking = sensitivity.rank(reference, current, images[: config.probe_images], skip=[c.node for c in chosen])
-        if not ranking:
+        names = [c.node for c in chosen]
+        ranking = sensitivity.rank(reference, current, images[: config.probe_images], skip=names)
+        trials = []
+        for candidate in ranking[: config.candidates]:
+            model = mixed.keep_float(quantized, reference, [*names, candidate.node])
+            trials.append((measure(model), candidate, model))
+        if not trials:
             break
-        worst = ranking[0]
-        current = mixed.keep_float(quantized, reference, [c.node for c in chosen] + [worst.node])
-        after = verify.compare(expected, verify.masks(verify.session_for(current), images))
-        chosen.append(FloatNode(worst.node, worst.drop_db, fidelity.ssim_min, after.ssim_min))
-        fidelity = after
+        best, candidate, model = max(trials, key=lambda t: (t[0].ssim_min, t[0].ssim_mean))
+        if best.ssim_min < fidelity.ssim_min + config.min_gain:
+            break
+        chosen.append(FloatNode(candidate.node, candidate.drop_db, fidelity.ssim_min, best.ssim_min))
+        current, fidelity = model, best
         if on_step:
             on_step(len(chosen), fidelity)
     return SearchResult(current, tuple(chosen), fidelity, fidelity.ssim_min >= config.target_ssim)

@@ -24,3 +24,30 @@ def save_tiny(path: Path, u2net_like: bool = True) -> Path:
     model.ir_version = 8
     onnx.save(model, path)
     return path
+
+
+def two_conv_model(seed: int = 0) -> onnx.ModelProto:
+    """x[1,3,16,16] -> Conv(a) -> Relu -> Conv(b) -> Sigmoid -> y[1,1,16,16]: the smallest U²-Net-shaped net."""
+    rng = np.random.default_rng(seed)
+    inits = [
+        numpy_helper.from_array(rng.standard_normal((8, 3, 3, 3)).astype(np.float32) * 0.5, "wa"),
+        numpy_helper.from_array(rng.standard_normal(8).astype(np.float32) * 0.1, "ba"),
+        numpy_helper.from_array(rng.standard_normal((1, 8, 3, 3)).astype(np.float32) * 0.5, "wb"),
+        numpy_helper.from_array(np.zeros(1, np.float32), "bb"),
+    ]
+    pads = helper.make_attribute("pads", [1, 1, 1, 1])
+    conv_a = helper.make_node("Conv", ["x", "wa", "ba"], ["a"], name="conv_a")
+    conv_a.attribute.append(pads)
+    conv_b = helper.make_node("Conv", ["r", "wb", "bb"], ["b"], name="conv_b")
+    conv_b.attribute.append(pads)
+    nodes = [conv_a, helper.make_node("Relu", ["a"], ["r"], name="relu"), conv_b,
+             helper.make_node("Sigmoid", ["b"], ["y"], name="sigmoid")]
+    graph = helper.make_graph(
+        nodes, "two_conv",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 16, 16])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 1, 16, 16])],
+        inits,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    return model

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from . import models, remove
+from . import models, quantize, remove
 
 app = typer.Typer(
     help="Quantize, prune, benchmark and run U²-Net background removal on CPU.",
@@ -13,6 +13,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 app.command("remove")(remove.remove)
+app.command("quantize")(quantize.quantize)
 app.add_typer(models.app, name="models")
 
 

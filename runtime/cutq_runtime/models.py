@@ -104,8 +104,9 @@ def verify_release(path: Path, spec: ModelSpec) -> None:
 
 
 def verify_manifest(path: Path, manifest: dict[str, Any] | None) -> None:
-    """Refuse a variant file whose sha256 differs from the one its manifest recorded."""
-    expected = (manifest or {}).get("sha256")
+    """Refuse a variant file whose sha256 differs from the one its manifest recorded (per suffix when it lists files)."""
+    manifest = manifest or {}
+    expected = manifest.get("files", {}).get(path.suffix) or manifest.get("sha256")
     if expected and file_digest(path, "sha256") != expected:
         raise ChecksumError(f"{path}: sha256 does not match its manifest (corrupt or modified); refused")
 

@@ -1,0 +1,86 @@
+"""`cutq quantize`: static INT8 with accuracy-aware mixed precision, then a summary table."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from cutq.quantize.calibrate import METHODS, CalibrationConfig
+from cutq.quantize.pipeline import QuantizeJob, QuantizeResult, run
+from cutq.quantize.search import SearchConfig
+from cutq_runtime.errors import CutqError
+
+from .ui import CACHE_HELP, err, errors_exit
+
+CALIB_HELP = "Calibration photos (default: the bundled calibration_data/). Use photos like the ones you will cut out."
+VERIFY_HELP = "Held-out photos to measure fidelity on. Default: split --calib-dir by scene, half for each."
+
+
+def quantize(
+    model: Annotated[list[str], typer.Option("--model", "-m", help="Variant name (u2net, u2netp, u2net-p50, ...) or "
+                                             ".onnx path; repeat it to quantize several into one table.")],
+    out: Annotated[Path | None, typer.Option("--out", "-o", help="Output .onnx (default: cache, as <name>-int8).")] = None,
+    calib_dir: Annotated[Path | None, typer.Option("--calib-dir", help=CALIB_HELP)] = None,
+    calib_count: Annotated[int, typer.Option("--calib-count", min=2, help="Calibration photos to sample.")] = 16,
+    verify_dir: Annotated[Path | None, typer.Option("--verify-dir", help=VERIFY_HELP)] = None,
+    verify_count: Annotated[int, typer.Option("--verify-count", min=1, help="Verification photos to sample.")] = 24,
+    method: Annotated[str, typer.Option("--method", help=f"Calibration: {', '.join(METHODS)}.")] = "minmax",
+    percentile: Annotated[float, typer.Option("--percentile", help="For --method percentile.")] = 99.999,
+    target_ssim: Annotated[float, typer.Option("--target-ssim", min=0, max=1, help="Minimum mask SSIM vs FP32.")] = 0.98,
+    max_float_nodes: Annotated[int, typer.Option("--max-float-nodes", min=0, help="Give up after this many.")] = 8,
+    seed: Annotated[int, typer.Option("--seed", help="Seed for sampling and splitting photos.")] = 0,
+    cache_dir: Annotated[Path | None, typer.Option("--cache-dir", help=CACHE_HELP)] = None,
+) -> None:
+    """Quantize to INT8, keeping the fewest Conv nodes in float that hold mask SSIM above --target-ssim.
+
+    Exit code 1 when the target is not reached on the verification photos (the best model is still written).
+    """
+    results = []
+    with errors_exit():
+        if out is not None and len(model) > 1:
+            raise CutqError("--out names one file: drop it to write each variant to the cache as <name>-int8")
+        for name in model:
+            job = QuantizeJob(
+                model=name, out=out, calib_dir=calib_dir, calib_count=calib_count, verify_dir=verify_dir,
+                verify_count=verify_count, seed=seed, cache_dir=cache_dir,
+                calibration=CalibrationConfig(method=method, percentile=percentile),
+                search=SearchConfig(target_ssim=target_ssim, max_float_nodes=max_float_nodes),
+            )
+            with err.status(f"Quantizing {name}") as status:
+                results.append(run(job, progress=lambda message, n=name: status.update(f"Quantizing {n}: {message}")))
+            err.print(f"{name}: done")
+    print_summary(results, target_ssim)
+    missed = [r for r in results if not r.reached]
+    for r in missed:
+        err.print(f"[red]target not reached for {r.name}:[/red] SSIM min {r.fidelity.ssim_min:.4f} < {target_ssim} on "
+                  "the verification photos; the best model found was written anyway. Try --method percentile, more "
+                  "--max-float-nodes, or calibration photos closer to your own.")
+    if missed:
+        raise typer.Exit(1)
+
+
+def print_summary(results: list[QuantizeResult], target_ssim: float) -> None:
+    """One row per variant: size, latency vs FP32, SSIM min/mean, float nodes."""
+    table = Table(title=f"INT8 variants (target SSIM min {target_ssim})")
+    for column in ("variant", "size", "vs FP32", "latency vs FP32", "SSIM min", "SSIM mean", "MAE", "float"):
+        table.add_column(column, no_wrap=True)
+    for r in results:
+        floats = str(len(r.float_nodes))
+        mark = "" if r.reached else " [red]< target[/red]"
+        table.add_row(
+            r.export.onnx_path.stem, f"{r.export.size_bytes / 1e6:.1f} MB", f"{r.export.size_bytes / r.source_size:.2f}x",
+            f"{r.latency_ratio:.2f}x", f"{r.fidelity.ssim_min:.4f}{mark}", f"{r.fidelity.ssim_mean:.4f}",
+            f"{r.fidelity.mae_mean:.4f}", floats,
+        )
+    Console().print(table)
+    for r in results:
+        err.print(f"{r.export.onnx_path} (+ .ort, .json)")
+        for n in r.float_nodes:
+            err.print(f"  float: {n.node} (loses {n.drop_db:.1f} dB in INT8; search SSIM min "
+                      f"{n.ssim_min_before:.4f} -> {n.ssim_min_after:.4f})")
+        for skipped in r.skipped_images:
+            err.print(f"[yellow]skipped:[/yellow] {skipped}")

@@ -1,0 +1,150 @@
+"""`cutq quantize` as a composition of steps: opset -> graph -> calibrate -> qdq -> search -> verify -> export.
+
+Each step is a plain function in its own module; this file only wires them, measures, and records what
+each did in the manifest, so a variant can be reproduced from it.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+
+from cutq_runtime import models
+from cutq_runtime.errors import CutqError, OutputError
+from cutq_runtime.fsutil import file_digest
+
+from . import calibration_set, verify
+from .calibrate import CalibrationConfig, compute_ranges
+from .export import ExportResult, export
+from .graph import GraphConfig, preprocess_graph
+from .opset import OpsetConfig, upgrade_opset
+from .qdq import QuantConfig, quantize_qdq
+from .search import FloatNode, SearchConfig, search
+
+ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_CALIB_DIR = ROOT / "calibration_data"
+MIN_IMAGES = 2
+
+
+@dataclass(frozen=True)
+class QuantizeJob:
+    """Everything `cutq quantize` needs; the CLI only fills this in."""
+
+    model: str
+    out: Path | None = None
+    calib_dir: Path | None = None
+    calib_count: int = 16
+    verify_dir: Path | None = None
+    verify_count: int = 24
+    seed: int = 0
+    cache_dir: Path | None = None
+    opset: OpsetConfig = field(default_factory=OpsetConfig)
+    graph: GraphConfig = field(default_factory=GraphConfig)
+    calibration: CalibrationConfig = field(default_factory=CalibrationConfig)
+    quant: QuantConfig = field(default_factory=QuantConfig)
+    search: SearchConfig = field(default_factory=SearchConfig)
+
+
+@dataclass(frozen=True)
+class QuantizeResult:
+    name: str
+    source: Path
+    export: ExportResult
+    source_size: int
+    fidelity: verify.Fidelity
+    float_nodes: tuple[FloatNode, ...]
+    latency_ratio: float
+    reached: bool
+    skipped_images: tuple[str, ...]
+
+
+Progress = Callable[[str], None]
+
+
+def _images(job: QuantizeJob, spec: Any) -> tuple[calibration_set.LoadedImages, calibration_set.LoadedImages]:
+    """Calibration and verification images; never the same scene in both."""
+    calib_paths = calibration_set.list_images(job.calib_dir or DEFAULT_CALIB_DIR)
+    if job.verify_dir is not None:
+        verify_paths = calibration_set.list_images(job.verify_dir)
+        overlap = {p.name for p in calib_paths} & {p.name for p in verify_paths}
+        if overlap:
+            raise CutqError(f"calibration and verification share {len(overlap)} image(s), e.g. {sorted(overlap)[0]}")
+    else:
+        calib_paths, verify_paths = calibration_set.split_by_sequence(calib_paths, 0.5, job.seed)
+    calib = calibration_set.load(calibration_set.sample(calib_paths, job.calib_count, job.seed), spec, MIN_IMAGES)
+    checked = calibration_set.load(calibration_set.sample(verify_paths, job.verify_count, job.seed), spec, 1)
+    return calib, checked
+
+
+def _latency_ratio(reference: onnx.ModelProto, candidate: onnx.ModelProto, tensor: np.ndarray, runs: int = 5) -> float:
+    """Session latency of candidate / reference, runs interleaved in one process so machine noise hits both."""
+    sessions = [verify.session_for(reference), verify.session_for(candidate)]
+    name = sessions[0].get_inputs()[0].name
+    totals = [0.0, 0.0]
+    for session in sessions:
+        session.run(None, {name: tensor})
+    for _ in range(runs):
+        for i, session in enumerate(sessions):
+            start = time.perf_counter()
+            session.run(None, {name: tensor})
+            totals[i] += time.perf_counter() - start
+    return totals[1] / totals[0]
+
+
+def _default_out(job: QuantizeJob, name: str) -> Path:
+    return models.cache_dir(job.cache_dir) / f"{name}-int8.onnx"
+
+
+def run(job: QuantizeJob, progress: Progress = lambda message: None) -> QuantizeResult:
+    """Quantize `job.model`; the result is written even when the target is not reached (and says so)."""
+    resolved = models.resolve(job.model, models.cache_dir(job.cache_dir))
+    out = job.out or _default_out(job, resolved.name)
+    if out.with_suffix(".onnx").resolve() == resolved.path.resolve():
+        raise OutputError(f"{out}: is the source model; refusing to overwrite it")
+    from cutq_runtime.session import check_u2net_like
+
+    check_u2net_like(resolved.path)
+    progress("loading images")
+    calib, checked = _images(job, resolved.input)
+    progress(f"preparing the graph ({len(calib.paths)} calibration, {len(checked.paths)} verification images)")
+    model, opset_report = upgrade_opset(onnx.load(resolved.path), job.opset)
+    model, graph_report = preprocess_graph(model, job.graph)
+    progress(f"calibrating ({job.calibration.method})")
+    ranges = compute_ranges(model, calib.tensors, job.calibration)
+    progress("quantizing")
+    quantized = quantize_qdq(model, ranges, job.quant)
+    found = search(model, quantized, calib.tensors, job.search,
+                   on_step=lambda n, f: progress(f"search: {n} float node(s), calibration SSIM min {f.ssim_min:.4f}"))
+    progress("verifying on held-out images")
+    fidelity = verify.compare(verify.masks(verify.session_for(model), checked.tensors),
+                              verify.masks(verify.session_for(found.model), checked.tensors))
+    reached = fidelity.ssim_min >= job.search.target_ssim
+    manifest = {
+        "name": out.with_suffix("").name,
+        "description": f"INT8 {resolved.name}, SSIM min {fidelity.ssim_min:.3f} vs FP32",
+        "input": models.input_spec_dict(resolved.input),
+        "source": {"name": resolved.name, "path": str(resolved.path), "sha256": file_digest(resolved.path, "sha256")},
+        "steps": [
+            {"step": "opset", **asdict(job.opset), **asdict(opset_report)},
+            {"step": "graph", **asdict(job.graph), **asdict(graph_report)},
+            {"step": "calibrate", **asdict(job.calibration), "images": [p.name for p in calib.paths],
+             "fingerprint": calib.fingerprint, "seed": job.seed},
+            {"step": "quantize", "format": "QDQ", **asdict(job.quant)},
+            {"step": "mixed_precision", **asdict(job.search),
+             "float_nodes": [asdict(n) for n in found.float_nodes]},
+        ],
+        "verification": {"images": [p.name for p in checked.paths], "fingerprint": checked.fingerprint,
+                         "ssim_min": fidelity.ssim_min, "ssim_mean": fidelity.ssim_mean, "mae_mean": fidelity.mae_mean,
+                         "target_ssim": job.search.target_ssim, "reached": reached},
+    }
+    progress("measuring latency and writing files")
+    ratio = _latency_ratio(onnx.load(resolved.path), found.model, checked.tensors[0])
+    written = export(found.model, out, manifest, source=resolved.path)
+    return QuantizeResult(resolved.name, resolved.path, written, resolved.path.stat().st_size, fidelity,
+                          found.float_nodes, ratio, reached, calib.skipped + checked.skipped)
