@@ -13,7 +13,7 @@ from cutq.quantize import mixed, sensitivity, verify
 from cutq.quantize.calibrate import CalibrationConfig, compute_ranges
 from cutq.quantize.export import export
 from cutq.quantize.qdq import QuantConfig, quantize_qdq
-from cutq_runtime import OutputError, new_session
+from cutq_runtime import OutputError, models, new_session
 from cutq_runtime.errors import CutqError
 
 from .tiny import two_conv_model
@@ -104,6 +104,8 @@ def test_export_writes_onnx_ort_and_manifest(quantized, tmp_path: Path) -> None:
     with pytest.raises(OutputError, match="cannot write"):
         export(qdq, blocker / "x.onnx", {})
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["tiny-int8.json", "tiny-int8.onnx", "tiny-int8.ort"]
+    listed = [(i.name, i.path) for i in models.list_models(tmp_path / "out") if i.kind == "variant"]
+    assert listed == [("tiny-int8", result.onnx_path)]
 
 
 def test_ssim_reference_values() -> None:

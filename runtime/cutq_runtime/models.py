@@ -190,8 +190,10 @@ def list_models(cache: Path | None = None) -> list[ModelInfo]:
         path = _find_release(spec, cache) if present else None
         rows.append(ModelInfo(spec.name, "release", path, spec.size_bytes, spec.description))
     if cache.is_dir():
-        for path in sorted(cache.iterdir()):
-            if path.suffix in MODEL_SUFFIXES and path.stem not in REGISTRY and not path.name.startswith("."):
+        seen = set(REGISTRY)
+        for path in sorted(cache.iterdir()):  # `.onnx` sorts before `.ort`: one row per variant, the .onnx file
+            if path.suffix in MODEL_SUFFIXES and path.stem not in seen and not path.name.startswith("."):
+                seen.add(path.stem)
                 manifest = read_manifest(path) or {}
                 rows.append(ModelInfo(path.stem, "variant", path, path.stat().st_size, str(manifest.get("description", ""))))
     return rows
