@@ -6,6 +6,8 @@ ranges are computed once and reused by every quantization attempt of the accurac
 
 from __future__ import annotations
 
+import contextlib
+import sys
 import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -44,7 +46,11 @@ class CalibrationConfig:
         options: dict[str, object] = {}
         if self.method == "percentile":
             options["percentile"] = self.percentile
-        if self.num_bins and self.method != "minmax":
+        if self.method == "entropy":
+            # ONNX Runtime's default histogram has as many bins as the quantized grid (128), which leaves the
+            # KL search nothing to clip: it returns the min-max range. A finer histogram makes it meaningful.
+            options["num_bins"] = self.num_bins or 2048
+        elif self.num_bins and self.method == "percentile":
             options["num_bins"] = self.num_bins
         if self.moving_average and self.method == "minmax":
             options["moving_average"] = True
@@ -84,7 +90,8 @@ def compute_ranges(model: onnx.ModelProto, tensors: Sequence[np.ndarray],
             calibrate_method=METHODS[config.method],
             extra_options=config.extra_options(),
         )
-        calibrator.collect_data(TensorReader(model.graph.input[0].name, tensors))
-        ranges = calibrator.compute_data()
+        with contextlib.redirect_stdout(sys.stderr):  # the histogram calibrators print progress to stdout
+            calibrator.collect_data(TensorReader(model.graph.input[0].name, tensors))
+            ranges = calibrator.compute_data()
         del calibrator
     return ranges

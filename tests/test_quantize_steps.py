@@ -73,6 +73,8 @@ def test_calibration_methods_and_config_errors() -> None:
     _, hi = minmax.data["a"].range_value
     _, phi = percentile.data["a"].range_value
     assert phi < hi  # the percentile clips the tail the min-max keeps
+    entropy = compute_ranges(model, INPUTS, CalibrationConfig("entropy"))
+    assert entropy.data["a"].range_value[1] < hi  # a real KL search, not the min-max range
     with pytest.raises(CutqError, match="not one of"):
         CalibrationConfig("kmeans")
     with pytest.raises(CutqError, match="weight type"):
