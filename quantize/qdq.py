@@ -39,7 +39,16 @@ class QuantConfig:
 def quantize_qdq(model: onnx.ModelProto, ranges: TensorsData, config: QuantConfig | None = None) -> onnx.ModelProto:
     """A QDQ model: every supported op gets Q/DQ pairs on its inputs and outputs."""
     config = config or QuantConfig()
-    logging.getLogger().setLevel(logging.ERROR)  # quantize_static warns about pre-processing we already did
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)  # quantize_static warns about pre-processing we already did
+    try:
+        return _quantize(model, ranges, config)
+    finally:
+        root.setLevel(level)
+
+
+def _quantize(model: onnx.ModelProto, ranges: TensorsData, config: QuantConfig) -> onnx.ModelProto:
     with tempfile.TemporaryDirectory(prefix="cutq-qdq-") as tmp:
         src, out, cache = Path(tmp) / "in.onnx", Path(tmp) / "out.onnx", Path(tmp) / "ranges.json"
         onnx.save(model, src)
