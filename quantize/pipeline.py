@@ -113,7 +113,8 @@ def run(job: QuantizeJob, progress: Progress = lambda message: None) -> Quantize
     progress("loading images")
     calib, checked = _images(job, resolved.input)
     progress(f"preparing the graph ({len(calib.paths)} calibration, {len(checked.paths)} verification images)")
-    model, opset_report = upgrade_opset(onnx.load(resolved.path), job.opset)
+    source = onnx.load(resolved.path)
+    model, opset_report = upgrade_opset(source, job.opset)
     model, graph_report = preprocess_graph(model, job.graph)
     progress(f"calibrating ({job.calibration.method})")
     ranges = compute_ranges(model, calib.tensors, job.calibration)
@@ -144,7 +145,7 @@ def run(job: QuantizeJob, progress: Progress = lambda message: None) -> Quantize
                          "target_ssim": job.search.target_ssim, "reached": reached},
     }
     progress("measuring latency and writing files")
-    ratio = _latency_ratio(onnx.load(resolved.path), found.model, checked.tensors[0])
+    ratio = _latency_ratio(source, found.model, checked.tensors[0])
     written = export(found.model, out, manifest, source=resolved.path)
     return QuantizeResult(resolved.name, resolved.path, written, resolved.path.stat().st_size, fidelity,
                           found.float_nodes, ratio, reached, calib.skipped + checked.skipped)

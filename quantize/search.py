@@ -57,13 +57,14 @@ def search(reference: onnx.ModelProto, quantized: onnx.ModelProto, images: Seque
     def measure(model: onnx.ModelProto) -> verify.Fidelity:
         return verify.compare(expected, verify.masks(verify.session_for(model), images))
 
+    probe = sensitivity.Probe(reference, images[: config.probe_images])
     current, fidelity = quantized, measure(quantized)
     chosen: list[FloatNode] = []
     if on_step:
         on_step(0, fidelity)
     while fidelity.ssim_min < config.target_ssim and len(chosen) < config.max_float_nodes:
         names = [c.node for c in chosen]
-        ranking = sensitivity.rank(reference, current, images[: config.probe_images], skip=names)
+        ranking = sensitivity.rank(probe, current, skip=names)
         trials = []
         for candidate in ranking[: config.candidates]:
             model = mixed.keep_float(quantized, reference, [*names, candidate.node])

@@ -74,17 +74,23 @@ def _feeding_convs(model: onnx.ModelProto) -> dict[str, set[str]]:
     return result
 
 
-def rank(reference: onnx.ModelProto, quantized: onnx.ModelProto, inputs: Sequence[np.ndarray],
-         skip: Sequence[str] = ()) -> list[NodeSensitivity]:
+class Probe:
+    """The float model's Conv outputs on a few images, collected once and compared with every candidate."""
+
+    def __init__(self, reference: onnx.ModelProto, inputs: Sequence[np.ndarray]) -> None:
+        self.inputs = list(inputs)
+        self.outputs = conv_outputs(reference)
+        self.reference = activations(reference, list(self.outputs.values()), self.inputs)
+        self.feeding = _feeding_convs(reference)
+
+
+def rank(probe: Probe, quantized: onnx.ModelProto, skip: Sequence[str] = ()) -> list[NodeSensitivity]:
     """Conv nodes of `quantized`, the most damaging first (largest local SQNR drop)."""
-    outputs = conv_outputs(reference)
-    names = list(outputs.values())
-    ref_acts = activations(reference, names, inputs)
-    q_acts = activations(quantized, names, inputs)
+    q_acts = activations(quantized, list(probe.outputs.values()), probe.inputs)
     sqnr = {
-        node: _sqnr([a[i] for a in ref_acts], [a[i] for a in q_acts]) for i, node in enumerate(outputs)
+        node: _sqnr([a[i] for a in probe.reference], [a[i] for a in q_acts]) for i, node in enumerate(probe.outputs)
     }
-    feeding = _feeding_convs(reference)
+    feeding = probe.feeding
     rows = []
     for node, value in sqnr.items():
         upstream = [sqnr[f] for f in feeding.get(node, ()) if f in sqnr]

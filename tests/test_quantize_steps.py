@@ -61,7 +61,7 @@ def test_keep_float_makes_exactly_that_node_float(quantized) -> None:
 
 def test_sensitivity_ranks_every_conv(quantized) -> None:
     model, qdq = quantized
-    rows = sensitivity.rank(model, qdq, INPUTS[:2])
+    rows = sensitivity.rank(sensitivity.Probe(model, INPUTS[:2]), qdq)
     assert sorted(r.node for r in rows) == ["conv_a", "conv_b"]
     assert all(np.isfinite(r.sqnr_db) for r in rows)
 
