@@ -4,7 +4,8 @@ Excluding a node from ONNX Runtime's quantizer does not keep it float: the Q/DQ 
 around it stay, so it still sees quantized inputs. Here a node is made float at the tensor level: its
 activation inputs bypass their Q/DQ pair (it reads the float tensor), and its weight and bias come from
 the float model instead of DequantizeLinear. Its output stays quantized for the next INT8 consumer.
-Requires a QDQ model made with explicit activations (Relu kept), so no fused Relu is lost.
+ONNX Runtime's quantizer folds a Conv's Relu into the Conv output's quantization (the u8 range starts at
+0, so QuantizeLinear clips); a bypass that reads such a tensor gets an explicit Relu back.
 """
 
 from __future__ import annotations
@@ -12,11 +13,27 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 import onnx
-from onnx import numpy_helper
+from onnx import helper, numpy_helper
 
 from cutq_runtime.errors import CutqError
 
 _QUANTIZED_SUFFIX = "_quantized"
+
+
+def output_head(model: onnx.ModelProto) -> list[str]:
+    """Nodes between the last feature maps and the graph outputs: walking back from the outputs, every
+    node up to (not including) a Relu or residual Add. In U²-Net that is the side-output convs, their
+    Resize, the fusion Concat and Conv, and the Sigmoids."""
+    producers = {out: node for node in model.graph.node for out in node.output}
+    head: set[str] = set()
+    stack = [output.name for output in model.graph.output]
+    while stack:
+        node = producers.get(stack.pop())
+        if node is None or node.name in head or node.op_type in ("Relu", "Add"):
+            continue
+        head.add(node.name)
+        stack.extend(name for name in node.input if name in producers)
+    return sorted(head)
 
 
 def float_nodes(qdq: onnx.ModelProto) -> list[str]:
@@ -38,6 +55,7 @@ def keep_float(qdq: onnx.ModelProto, reference: onnx.ModelProto, nodes: Iterable
     graph = model.graph
     producers = {out: node for node in graph.node for out in node.output}
     originals = {init.name: init for init in reference.graph.initializer}
+    relus = {out for node in reference.graph.node if node.op_type == "Relu" for out in node.output}
     found = set()
     for node in graph.node:
         if node.name not in wanted:
@@ -49,7 +67,7 @@ def keep_float(qdq: onnx.ModelProto, reference: onnx.ModelProto, nodes: Iterable
                 continue
             q = producers.get(dq.input[0])
             if q is not None and q.op_type == "QuantizeLinear":
-                node.input[k] = q.input[0]  # activation: read the tensor before its Q/DQ pair
+                node.input[k] = _float_activation(graph, producers, relus, q.input[0])
             else:
                 node.input[k] = _float_initializer(graph, originals, dq.input[0])
     missing = wanted - found
@@ -57,6 +75,20 @@ def keep_float(qdq: onnx.ModelProto, reference: onnx.ModelProto, nodes: Iterable
         raise CutqError(f"no such node(s) in the model: {', '.join(sorted(missing))}")
     _prune(graph)
     return model
+
+
+def _float_activation(graph: onnx.GraphProto, producers: dict[str, onnx.NodeProto], relus: set[str], name: str) -> str:
+    """The float tensor before a Q/DQ pair; with its Relu restored when the quantizer folded it away."""
+    producer = producers.get(name)
+    if name not in relus or producer is None or producer.op_type == "Relu":
+        return name
+    restored = f"{name}_relu"
+    if restored not in producers:
+        position = list(graph.node).index(producer) + 1
+        relu = helper.make_node("Relu", [name], [restored], name=f"{producer.name}_float_relu")
+        graph.node.insert(position, relu)
+        producers[restored] = relu
+    return restored
 
 
 def _float_initializer(graph: onnx.GraphProto, originals: dict[str, onnx.TensorProto], quantized: str) -> str:

@@ -18,6 +18,8 @@ from onnxruntime.quantization.calibrate import TensorsData, save_tensors_data
 
 from cutq_runtime.errors import CutqError
 
+from .mixed import keep_float, output_head
+
 TYPES = {"s8": QuantType.QInt8, "u8": QuantType.QUInt8}
 
 
@@ -29,6 +31,9 @@ class QuantConfig:
     weight_type: str = "s8"
     activation_type: str = "u8"
     reduce_range: bool = False
+    # The output head (side-output convs, their upsampling, the fusion conv, the sigmoids) stays float:
+    # its logits set the mask's precision directly, and it costs well under 1% of U²-Net's MACs.
+    float_head: bool = True
 
     def __post_init__(self) -> None:
         for label, value in (("weight type", self.weight_type), ("activation type", self.activation_type)):
@@ -37,15 +42,20 @@ class QuantConfig:
 
 
 def quantize_qdq(model: onnx.ModelProto, ranges: TensorsData, config: QuantConfig | None = None) -> onnx.ModelProto:
-    """A QDQ model: every supported op gets Q/DQ pairs on its inputs and outputs."""
+    """A QDQ model: every supported op gets Q/DQ pairs on its inputs and outputs, except the float head."""
     config = config or QuantConfig()
     root = logging.getLogger()
     level = root.level
     root.setLevel(logging.ERROR)  # quantize_static warns about pre-processing we already did
     try:
-        return _quantize(model, ranges, config)
+        quantized = _quantize(model, ranges, config)
     finally:
         root.setLevel(level)
+    if not config.float_head:
+        return quantized
+    # Excluded nodes still read their inputs through Q/DQ; the head's Convs read the float features.
+    head = set(output_head(model))
+    return keep_float(quantized, model, [n.name for n in model.graph.node if n.op_type == "Conv" and n.name in head])
 
 
 def _quantize(model: onnx.ModelProto, ranges: TensorsData, config: QuantConfig) -> onnx.ModelProto:
@@ -64,8 +74,9 @@ def _quantize(model: onnx.ModelProto, ranges: TensorsData, config: QuantConfig) 
             weight_type=TYPES[config.weight_type],
             calibrate_method=ranges.calibration_method,
             calibration_cache_path=cache,
-            # Keep Relu explicit: `mixed.keep_float` can then bypass Q/DQ without losing a fused Relu.
-            # ONNX Runtime still fuses it at load time, so INT8 speed is unchanged.
-            extra_options={"QDQKeepRemovableActivations": True},
+            nodes_to_exclude=output_head(model) if config.float_head else [],
+            # Relu is folded into the Conv output's quantization (its u8 range starts at 0), so each
+            # Conv+Relu is one QLinearConv with one rounding; kept explicit, ONNX Runtime would run it as
+            # QLinearConv + dequantize + requantize, rounding twice.
         )
         return onnx.load(out)

@@ -28,8 +28,21 @@ class NodeSensitivity:
 
 
 def conv_outputs(model: onnx.ModelProto) -> dict[str, str]:
-    """Conv node name -> its output tensor name."""
-    return {node.name: node.output[0] for node in model.graph.node if node.op_type == "Conv"}
+    """Conv node name -> the tensor to compare: its Relu's output when a Relu follows, else its own.
+
+    The quantizer folds a Relu into the Conv (the Conv then produces the Relu's tensor name), so the
+    float model's Relu output is the name both models share."""
+    consumers: dict[str, list[onnx.NodeProto]] = {}
+    for node in model.graph.node:
+        for name in node.input:
+            consumers.setdefault(name, []).append(node)
+    result = {}
+    for node in model.graph.node:
+        if node.op_type == "Conv":
+            after = consumers.get(node.output[0], [])
+            relu = len(after) == 1 and after[0].op_type == "Relu"
+            result[node.name] = after[0].output[0] if relu else node.output[0]
+    return result
 
 
 def activations(model: onnx.ModelProto, tensors: Sequence[str], inputs: Sequence[np.ndarray]) -> list[list[np.ndarray]]:
@@ -82,11 +95,14 @@ class Probe:
         self.outputs = conv_outputs(reference)
         self.reference = activations(reference, list(self.outputs.values()), self.inputs)
         self.feeding = _feeding_convs(reference)
+        self.relu_outputs = {n.output[0] for n in reference.graph.node if n.op_type == "Relu"}
 
 
 def rank(probe: Probe, quantized: onnx.ModelProto, skip: Sequence[str] = ()) -> list[NodeSensitivity]:
     """Conv nodes of `quantized`, the most damaging first (largest local SQNR drop)."""
-    q_acts = activations(quantized, list(probe.outputs.values()), probe.inputs)
+    # A folded Relu is applied by the QuantizeLinear after the Conv: apply it here too.
+    q_acts = [[np.maximum(a, 0) if n in probe.relu_outputs else a for n, a in zip(probe.outputs.values(), acts, strict=True)]
+              for acts in activations(quantized, list(probe.outputs.values()), probe.inputs)]
     sqnr = {
         node: _sqnr([a[i] for a in probe.reference], [a[i] for a in q_acts]) for i, node in enumerate(probe.outputs)
     }

@@ -24,7 +24,7 @@ INPUTS = [np.random.default_rng(i).standard_normal((1, 3, 16, 16)).astype(np.flo
 @pytest.fixture(scope="module")
 def quantized() -> tuple[onnx.ModelProto, onnx.ModelProto]:
     model = two_conv_model()
-    return model, quantize_qdq(model, compute_ranges(model, INPUTS))
+    return model, quantize_qdq(model, compute_ranges(model, INPUTS), QuantConfig(float_head=False))
 
 
 def _run(model: onnx.ModelProto) -> list[np.ndarray]:
@@ -46,7 +46,9 @@ def test_keep_float_makes_exactly_that_node_float(quantized) -> None:
     partly = mixed.keep_float(qdq, model, ["conv_b"])
     assert mixed.float_nodes(partly) == ["conv_b"]
     conv_b = next(n for n in partly.graph.node if n.name == "conv_b")
-    assert conv_b.input[0] == "r" and conv_b.input[1] == "wb_float"
+    # the quantizer folded conv_a's Relu into its output's u8 range; the float bypass restores it
+    assert conv_b.input[0] == "r_relu" and conv_b.input[1] == "wb_float"
+    assert [n.op_type for n in partly.graph.node if n.output[0] == "r_relu"] == ["Relu"]
     full_error = [np.abs(a - b).mean() for a, b in zip(_run(model), _run(qdq), strict=True)]
     part_error = [np.abs(a - b).mean() for a, b in zip(_run(model), _run(partly), strict=True)]
     assert np.mean(part_error) < np.mean(full_error)
@@ -57,6 +59,16 @@ def test_keep_float_makes_exactly_that_node_float(quantized) -> None:
     assert np.mean(all_error) < np.mean(part_error)
     with pytest.raises(CutqError, match="no such node"):
         mixed.keep_float(qdq, model, ["conv_z"])
+
+
+def test_output_head_stays_float() -> None:
+    model = two_conv_model()
+    assert mixed.output_head(model) == ["conv_b", "sigmoid"]
+    qdq = quantize_qdq(model, compute_ranges(model, INPUTS))
+    assert mixed.float_nodes(qdq) == ["conv_b"]
+    producers = {o: n.op_type for n in qdq.graph.node for o in n.output}
+    assert producers["y"] == "Sigmoid" and producers["b"] == "Conv"  # no Q/DQ after the head's Conv
+    assert producers[next(n for n in qdq.graph.node if n.name == "conv_a").input[0]] == "DequantizeLinear"
 
 
 def test_sensitivity_ranks_every_conv(quantized) -> None:
