@@ -39,6 +39,11 @@ def _static_input(model: onnx.ModelProto, shape: tuple[int, ...]) -> onnx.ModelP
 
 def conv_macs(model: onnx.ModelProto, input_shape: tuple[int, ...] = (1, 3, 320, 320)) -> int:
     """Multiply-accumulates of every Conv for one input of `input_shape`."""
+    return sum(macs_by_conv(model, input_shape).values())
+
+
+def macs_by_conv(model: onnx.ModelProto, input_shape: tuple[int, ...] = (1, 3, 320, 320)) -> dict[str, int]:
+    """Conv node name -> its multiply-accumulates for one input of `input_shape`."""
     inferred = _static_input(model, input_shape)
     shapes = {
         v.name: [d.dim_value for d in v.type.tensor_type.shape.dim]
@@ -46,7 +51,7 @@ def conv_macs(model: onnx.ModelProto, input_shape: tuple[int, ...] = (1, 3, 320,
     }
     weights = {i.name: list(i.dims) for i in inferred.graph.initializer}
     producers = {out: node for node in inferred.graph.node for out in node.output}
-    total = 0
+    result = {}
     for node in inferred.graph.node:
         if node.op_type != "Conv":
             continue
@@ -54,8 +59,8 @@ def conv_macs(model: onnx.ModelProto, input_shape: tuple[int, ...] = (1, 3, 320,
         w_shape = weights.get(_weight_source(node.input[1], producers))
         if not out_shape or not w_shape or 0 in out_shape:
             raise ValueError(f"cannot infer the shape of Conv '{node.name}'")
-        total += int(np.prod(out_shape)) * int(np.prod(w_shape[1:]))
-    return total
+        result[node.name] = int(np.prod(out_shape)) * int(np.prod(w_shape[1:]))
+    return result
 
 
 def _weight_source(name: str, producers: dict[str, onnx.NodeProto]) -> str:

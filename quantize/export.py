@@ -1,7 +1,10 @@
 """Pipeline step: export, i.e. the variant's `.onnx`, an ONNX Runtime `.ort` file and the manifest beside them.
 
-The `.ort` file is written with basic graph optimizations only, so it stays portable (no layouts that
-are specific to this CPU) and loads in minimal ONNX Runtime builds. All three files are written to
+The `.ort` file is written with extended graph optimizations: the Q/DQ pairs are fused into integer
+kernels (QLinearConv and friends) at conversion time. Minimal ONNX Runtime builds cannot fuse at load
+time, and with basic optimizations only the INT8 `.ort` ran slower than FP32 (it dequantized every
+tensor). Extended optimizations target the CPU execution provider but include no layout specific to
+this CPU (that is the "all" level), so the file stays portable across CPUs. All three files are written to
 temp files and renamed; the source model is never overwritten.
 """
 
@@ -53,7 +56,7 @@ def _write_ort(onnx_path: Path) -> Path:
     with tempfile.TemporaryDirectory(prefix="cutq-ort-", dir=onnx_path.parent) as tmp:
         staged = Path(tmp) / target.name
         options = ort.SessionOptions()
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
         options.optimized_model_filepath = str(staged)
         options.add_session_config_entry("session.save_model_format", "ORT")
         options.log_severity_level = 3

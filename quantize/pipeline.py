@@ -15,17 +15,18 @@ from typing import Any
 import numpy as np
 import onnx
 
+from cutq import modelstats
 from cutq_runtime import models
 from cutq_runtime.errors import CutqError, OutputError
 from cutq_runtime.fsutil import file_digest
 
-from . import calibration_set, verify
+from . import calibration_set, mixed, verify
 from .calibrate import CalibrationConfig, compute_ranges
 from .export import ExportResult, export
 from .graph import GraphConfig, preprocess_graph
 from .opset import OpsetConfig, upgrade_opset
 from .qdq import QuantConfig, quantize_qdq
-from .search import FloatNode, SearchConfig, search
+from .search import FloatNode, SearchConfig, search, search_input_shape
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_CALIB_DIR = ROOT / "calibration_data"
@@ -62,6 +63,8 @@ class QuantizeResult:
     latency_ratio: float
     reached: bool
     skipped_images: tuple[str, ...]
+    head: tuple[str, ...] = ()  # Convs of the output head, float by design
+    float_mac_share: float = 0.0  # share of the model's MACs that run in float (head + search)
 
 
 Progress = Callable[[str], None]
@@ -122,6 +125,9 @@ def run(job: QuantizeJob, progress: Progress = lambda message: None) -> Quantize
     quantized = quantize_qdq(model, ranges, job.quant)
     found = search(model, quantized, calib.tensors, job.search,
                    on_step=lambda n, f: progress(f"search: {n} float node(s), calibration SSIM min {f.ssim_min:.4f}"))
+    head = tuple(n for n in mixed.output_head(model) if n in set(mixed.float_nodes(found.model)))
+    macs = modelstats.macs_by_conv(model, search_input_shape(model))
+    float_share = sum(macs.get(n, 0) for n in mixed.float_nodes(found.model)) / (sum(macs.values()) or 1)
     progress("verifying on held-out images")
     fidelity = verify.compare(verify.masks(verify.session_for(model), checked.tensors),
                               verify.masks(verify.session_for(found.model), checked.tensors))
@@ -136,9 +142,9 @@ def run(job: QuantizeJob, progress: Progress = lambda message: None) -> Quantize
             {"step": "graph", **asdict(job.graph), **asdict(graph_report)},
             {"step": "calibrate", **asdict(job.calibration), "images": [p.name for p in calib.paths],
              "fingerprint": calib.fingerprint, "seed": job.seed},
-            {"step": "quantize", "format": "QDQ", **asdict(job.quant)},
+            {"step": "quantize", "format": "QDQ", **asdict(job.quant), "float_head_convs": list(head)},
             {"step": "mixed_precision", **asdict(job.search),
-             "float_nodes": [asdict(n) for n in found.float_nodes]},
+             "float_nodes": [asdict(n) for n in found.float_nodes], "float_mac_share": float_share},
         ],
         "verification": {"images": [p.name for p in checked.paths], "fingerprint": checked.fingerprint,
                          "ssim_min": fidelity.ssim_min, "ssim_mean": fidelity.ssim_mean, "mae_mean": fidelity.mae_mean,
@@ -148,4 +154,4 @@ def run(job: QuantizeJob, progress: Progress = lambda message: None) -> Quantize
     ratio = _latency_ratio(source, found.model, checked.tensors[0])
     written = export(found.model, out, manifest, source=resolved.path)
     return QuantizeResult(resolved.name, resolved.path, written, resolved.path.stat().st_size, fidelity,
-                          found.float_nodes, ratio, reached, calib.skipped + checked.skipped)
+                          found.float_nodes, ratio, reached, calib.skipped + checked.skipped, head, float_share)

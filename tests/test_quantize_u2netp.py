@@ -48,6 +48,7 @@ def test_variant_files_manifest_and_serving(result: QuantizeResult) -> None:
     assert [s["step"] for s in manifest["steps"]] == ["opset", "graph", "calibrate", "quantize", "mixed_precision"]
     assert set(manifest["steps"][2]["images"]).isdisjoint(manifest["verification"]["images"])
     assert manifest["verification"]["ssim_min"] == pytest.approx(result.fidelity.ssim_min)
+    assert b"QLinearConv" in written.ort_path.read_bytes()  # INT8 kernels fused in, not Q/DQ around float ops
     photo = (CALIBRATION / "chelsea.png").read_bytes()
     for path in (written.onnx_path, written.ort_path):
         alpha = decode_rgba(remove(photo, session=new_session(path)))[..., 3]

@@ -66,19 +66,20 @@ def quantize(
 def print_summary(results: list[QuantizeResult], target_ssim: float) -> None:
     """One row per variant: size, latency vs FP32, SSIM min/mean, float nodes."""
     table = Table(title=f"INT8 variants (target SSIM min {target_ssim})")
-    for column in ("variant", "size", "vs FP32", "latency vs FP32", "SSIM min", "SSIM mean", "MAE", "float"):
+    for column in ("variant", "size", "vs FP32", "latency vs FP32", "SSIM min", "SSIM mean", "MAE", "float convs", "float MACs"):
         table.add_column(column, no_wrap=True)
     for r in results:
-        floats = str(len(r.float_nodes))
+        floats = f"{len(r.head)} head + {len(r.float_nodes)}"
         mark = "" if r.reached else " [red]< target[/red]"
         table.add_row(
             r.export.onnx_path.stem, f"{r.export.size_bytes / 1e6:.1f} MB", f"{r.export.size_bytes / r.source_size:.2f}x",
             f"{r.latency_ratio:.2f}x", f"{r.fidelity.ssim_min:.4f}{mark}", f"{r.fidelity.ssim_mean:.4f}",
-            f"{r.fidelity.mae_mean:.4f}", floats,
+            f"{r.fidelity.mae_mean:.4f}", floats, f"{r.float_mac_share:.1%}",
         )
     Console().print(table)
     for r in results:
         err.print(f"{r.export.onnx_path} (+ .ort, .json)")
+        err.print(f"  float head: {', '.join(r.head) or 'none'} (side outputs and fusion: their logits set the mask)")
         for n in r.float_nodes:
             err.print(f"  float: {n.node} (loses {n.drop_db:.1f} dB in INT8; search SSIM min "
                       f"{n.ssim_min_before:.4f} -> {n.ssim_min_after:.4f})")
