@@ -9,6 +9,7 @@ quality and the thumbnails. Ratios to each variant's FP32 model and to rembg com
 from __future__ import annotations
 
 import dataclasses
+import functools
 import gc
 import os
 import random
@@ -54,19 +55,26 @@ class BenchConfig:
     pull: bool = True
 
 
-QUICK = {"eval_count": 4, "timing_count": 2, "runs": 3, "warmup": 1, "repeats": 1, "grid_count": 3}
+QUICK = {"eval_count": 3, "timing_count": 2, "runs": 3, "warmup": 1, "repeats": 1, "grid_count": 3}
 
 
 def default_eval_dir() -> Path:
     return DAVIS_IMAGES.parent if DAVIS_IMAGES.is_dir() else BUNDLED_IMAGES
 
 
+@functools.cache
+def _model_stats(path: Path) -> tuple[int | None, float | None]:
+    """Parameters and GMAC of an .onnx file, once per file (the cutq and rembg rows share one); None for .ort."""
+    if path.suffix != ".onnx":
+        return None, None
+    model = onnx.load(path)
+    return parameter_count(model), conv_macs(model) / 1e9
+
+
 def _static_row(variant: Variant) -> VariantRow:
     path = variant.model.path
     row = VariantRow(variant.name, variant.kind, variant.engine, variant.reference, str(path), path.stat().st_size)
-    if path.suffix == ".onnx":
-        model = onnx.load(path)
-        row.params, row.gmac = parameter_count(model), conv_macs(model) / 1e9
+    row.params, row.gmac = _model_stats(path)
     return row
 
 

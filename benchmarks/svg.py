@@ -46,7 +46,7 @@ def pareto_front(points: list[Point]) -> list[Point]:
 
 
 def scatter(points: list[Point], title: str, x_label: str, y_label: str, width: int = 640, height: int = 400) -> str:
-    left, right, top, bottom = 64, 24, 36, 48
+    left, right, top, bottom = 64, 24, 44, 48
     plot_w, plot_h = width - left - right, height - top - bottom
     x_max = _nice_max(max((p.x for p in points), default=1) * 1.05)
     y_min = min(min((p.y_low for p in points), default=0.9), 0.999)
@@ -76,17 +76,31 @@ def scatter(points: list[Point], title: str, x_label: str, y_label: str, width: 
     if len(front) > 1:
         path = " ".join(f"{_n(sx(p.x))},{_n(sy(p.y))}" for p in front)
         parts.append(f'<polyline points="{path}" fill="none" stroke="#2a9d8f" stroke-dasharray="5 4" stroke-width="1.5"/>')
-    for index, p in enumerate(sorted(points, key=lambda p: (p.x, p.label))):
+    placed: list[tuple[float, float, float, float]] = []
+    for p in sorted(points, key=lambda p: (p.x, p.label)):
         x, y = sx(p.x), sy(p.y)
         parts.append(f'<line x1="{_n(x)}" y1="{_n(y)}" x2="{_n(x)}" y2="{_n(sy(p.y_low))}" stroke="{p.color}"/>')
         parts.append(f'<circle cx="{_n(x)}" cy="{_n(y)}" r="5" fill="{p.color}"><title>{escape(p.label)}: '
                      f"{p.x:.0f} ms, SSIM {p.y:.4f} (min {p.y_low:.4f})</title></circle>")
-        dy = -9 if index % 2 == 0 else 17  # alternate above and below, so neighbours' labels do not overlap
-        anchor = "end" if x > left + plot_w * 0.8 else "start"
-        dx = -7 if anchor == "end" else 7
-        parts.append(f'<text x="{_n(x + dx)}" y="{_n(y + dy)}" text-anchor="{anchor}">{escape(p.label)}</text>')
+        tx, ty, anchor = _place_label(p.label, x, y, placed, (left, top, left + plot_w, top + plot_h))
+        parts.append(f'<text x="{_n(tx)}" y="{_n(ty)}" text-anchor="{anchor}" fill="{p.color}">{escape(p.label)}</text>')
     parts.append("</svg>")
     return "\n".join(parts)
+
+
+def _place_label(label: str, x: float, y: float, placed: list[tuple[float, float, float, float]],
+                 plot: tuple[float, float, float, float]) -> tuple[float, float, str]:
+    """The first spot beside a point (right, then left, then further down) that overlaps no earlier label."""
+    width = 6.6 * len(label)  # about 12 px system-ui
+    for dy in (4, 18, -10, 32, -24, 46, 60):
+        for side in (1, -1):
+            x0 = x + 8 if side == 1 else x - 8 - width
+            box = (x0, y + dy - 11, x0 + width, y + dy + 3)
+            inside = plot[0] <= box[0] and box[2] <= plot[2] and plot[1] <= box[1] and box[3] <= plot[3]
+            if inside and not any(b[0] < box[2] and box[0] < b[2] and b[1] < box[3] and box[1] < b[3] for b in placed):
+                placed.append(box)
+                return (x + 8, y + dy, "start") if side == 1 else (x - 8, y + dy, "end")
+    return x + 8, y + 4, "start"
 
 
 def bars(items: list[tuple[str, float, str]], title: str, unit: str, width: int = 640) -> str:

@@ -87,7 +87,7 @@ def _rich_table(report: BenchReport, columns: tuple[Column, ...], title: str) ->
 
 
 def print_report(report: BenchReport) -> None:
-    console = Console()
+    console = Console(width=None if sys.stdout.isatty() else 200)  # piped: wide enough for every column
     console.print(_rich_table(report, SPEED, "Speed, size and memory"))
     console.print(_rich_table(report, QUALITY, "Mask quality (vs FP32 at 320x320; GT = ground truth)"))
     for line in markdown.key_ratios(report):
