@@ -43,11 +43,11 @@ class BenchConfig:
     models: tuple[str, ...] = ()
     everything: bool = True
     eval_dir: Path | None = None  # images/ + masks/; None: davis-val beside the repo, else calibration_data/
-    eval_count: int = 24  # photos for quality (ground truth and vs FP32)
-    timing_count: int = 6  # of those, photos for latency, end-to-end, throughput and memory
-    runs: int = 12  # timed session runs per variant and thread setting
-    warmup: int = 2
-    repeats: int = 2  # passes over the timing photos for end-to-end and throughput
+    eval_count: int = 16  # photos for quality (ground truth and vs FP32)
+    timing_count: int = 5  # of those, photos for end-to-end, throughput, memory (latency cycles through them)
+    runs: int = 8  # timed session runs per variant and thread setting
+    warmup: int = 1  # untimed session runs per variant first; end to end and throughput follow warm sessions
+    repeats: int = 1  # passes over the timing photos for end-to-end and throughput
     grid_count: int = 4  # photos in the HTML cut-out grid
     seed: int = 0
     rss: bool = True

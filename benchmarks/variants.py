@@ -89,7 +89,8 @@ def _missing_notes(names: set[str], releases: list[str]) -> list[str]:
 
 
 def select(cache: Path, named: list[str], *, everything: bool, pull: bool, rembg: bool) -> Selection:
-    """Variants to benchmark: the whole cache with `everything`, plus `named` ones (names or paths).
+    """Variants to benchmark: the whole cache with `everything` (an `.ort` beside an `.onnx` is a row of its
+    own, `<name>.ort`), plus `named` ones (names or paths).
 
     Released models are pulled when missing if `pull`; the FP32 reference of every chosen variant is added
     so "vs FP32" can be measured in the same run; with `rembg`, one rembg row per released model present.
@@ -98,7 +99,11 @@ def select(cache: Path, named: list[str], *, everything: bool, pull: bool, rembg
     wanted: list[str] = []
     if everything:
         wanted += list(REGISTRY)
-        wanted += [info.name for info in models.list_models(cache) if info.kind == "variant"]
+        for info in models.list_models(cache):
+            if info.kind == "variant" and info.path is not None:
+                wanted.append(info.name)
+                if info.path.suffix == ".onnx" and info.path.with_suffix(".ort").is_file():
+                    wanted.append(str(info.path.with_suffix(".ort")))  # the form minimal ONNX Runtime builds load
     wanted += [n for n in named if n not in wanted]
     chosen: dict[str, Variant] = {}
     for name in wanted:

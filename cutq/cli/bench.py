@@ -25,16 +25,22 @@ from .ui import CACHE_HELP, err, errors_exit
 EVAL_HELP = "Photos (images/) with ground-truth masks (masks/<stem>.png). Default: ../shared/data/davis-val if present."
 
 
+def _amount(flag: str, text: str, minimum: int = 1) -> typer.models.OptionInfo:
+    """An option overriding one of BenchConfig's amounts; its help shows the default and the --quick value."""
+    field = flag.removeprefix("--").replace("-", "_")
+    return typer.Option(flag, min=minimum, help=f"{text} (default {getattr(BenchConfig, field)}, --quick {QUICK[field]}).")
+
+
 def bench(
     all_: Annotated[bool, typer.Option("--all", help="Every model in the cache: FP32, INT8, pruned, plus rembg.")] = False,
     model: Annotated[list[str] | None, typer.Option("--model", "-m", help="Variant name or .onnx/.ort path; repeatable.")] = None,
-    quick: Annotated[bool, typer.Option("--quick", help="A few photos and runs: a smoke run in about a minute.")] = False,
+    quick: Annotated[bool, typer.Option("--quick", help="A few photos and runs: a first look in a few minutes.")] = False,
     eval_dir: Annotated[Path | None, typer.Option("--eval-dir", help=EVAL_HELP)] = None,
-    eval_count: Annotated[int | None, typer.Option("--eval-count", min=1, help="Photos for quality (default 24).")] = None,
-    timing_count: Annotated[int | None, typer.Option("--timing-count", min=1, help="Photos for timing (default 6).")] = None,
-    runs: Annotated[int | None, typer.Option("--runs", min=1, help="Timed session runs per variant (default 12).")] = None,
-    warmup: Annotated[int | None, typer.Option("--warmup", min=0, help="Untimed session runs first (default 2).")] = None,
-    repeats: Annotated[int | None, typer.Option("--repeats", min=1, help="Passes for e2e and throughput (default 2).")] = None,
+    eval_count: Annotated[int | None, _amount("--eval-count", "Photos for quality")] = None,
+    timing_count: Annotated[int | None, _amount("--timing-count", "Photos for timing")] = None,
+    runs: Annotated[int | None, _amount("--runs", "Timed session runs per variant")] = None,
+    warmup: Annotated[int | None, _amount("--warmup", "Untimed session runs first", minimum=0)] = None,
+    repeats: Annotated[int | None, _amount("--repeats", "Passes for e2e and throughput")] = None,
     seed: Annotated[int, typer.Option("--seed", help="Seeds the interleaving order.")] = 0,
     rss: Annotated[bool, typer.Option("--rss/--no-rss", help="Peak memory, one process per variant.")] = True,
     rembg: Annotated[bool, typer.Option("--rembg/--no-rembg", help="rembg rows, when rembg is installed.")] = True,
