@@ -173,6 +173,7 @@ def run(cfg: BenchConfig, progress: Progress = lambda message: None) -> BenchRep
     runners = _load_all(variants, 1, notes)
     for name, stats in timing.latency(runners, photos, cfg.runs, cfg.warmup, rng).items():
         rows[name].latency_1t_p50_ms, rows[name].latency_1t_p95_ms = stats.p50_ms, stats.p95_ms
+    variants = [runner.variant for runner in runners]  # one that failed to load is noted once and left out
     del runners
     gc.collect()
     progress("loading sessions, all cores")
@@ -193,9 +194,8 @@ def run(cfg: BenchConfig, progress: Progress = lambda message: None) -> BenchRep
     config = {k: str(v) if isinstance(v, Path) else v for k, v in dataclasses.asdict(cfg).items()}
     image_info = {"eval_dir": str(eval_dir.resolve()), "eval": [i.path.name for i in items],
                   "timing": [p.name for p in timing_paths], "ground_truth": sum(i.truth is not None for i in items)}
-    loaded = {r.variant.name for r in runners}
     report = BenchReport(machine, {**config, "eval_dir": str(eval_dir)}, image_info,
-                         [rows[v.name] for v in variants if v.name in loaded], notes, grid=grid)
+                         [rows[r.variant.name] for r in runners], notes, grid=grid)
     report.machine["load_average_end"] = round(os.getloadavg()[0], 2)
     report.duration_s = time.perf_counter() - started
     return report

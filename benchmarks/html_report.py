@@ -8,6 +8,7 @@ and one column per variant (the photo first, rembg last), on a checkerboard so h
 from __future__ import annotations
 
 import base64
+import re
 from collections.abc import Callable
 from html import escape
 
@@ -71,6 +72,11 @@ def _charts(report: BenchReport) -> str:
     return '<div class="charts">' + "".join(charts) + "</div>"
 
 
+def _code(markdown: str) -> str:
+    """Escape a Markdown sentence and turn its `code` spans into <code> elements."""
+    return re.sub(r"`([^`]*)`", r"<code>\1</code>", escape(markdown))
+
+
 def _img(data: bytes, alt: str) -> str:
     return f'<img alt="{escape(alt)}" src="data:image/jpeg;base64,{base64.b64encode(data).decode()}">'
 
@@ -91,7 +97,7 @@ def _grid(report: BenchReport) -> str:
 
 def render(report: BenchReport, command: str = "cutq bench --all") -> str:
     machine = report.machine
-    ratios = "".join(f"<li>{escape(line[2:])}</li>" for line in key_ratios(report))
+    ratios = "".join(f"<li>{_code(line[2:])}</li>" for line in key_ratios(report))
     notes = "".join(f"<li>{escape(note)}</li>" for note in report.notes)
     images = report.images
     return "\n".join([

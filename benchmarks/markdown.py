@@ -21,7 +21,9 @@ def key_ratios(report: BenchReport) -> list[str]:
         if row.ssim_vs_fp32_min is not None:
             parts.append(f"mask SSIM min {row.ssim_vs_fp32_min:.3f}")
         if row.e2e_vs_rembg is not None:
-            parts.append(f"{1 / row.e2e_vs_rembg:.1f}x faster than rembg end to end")
+            ratio = row.e2e_vs_rembg
+            parts.append(f"{1 / ratio:.1f}x faster than rembg end to end" if ratio < 1
+                         else f"{ratio:.2f}x rembg's end-to-end time (slower)")
         lines.append(f"- `{row.name}` vs `{row.reference}`: " + ", ".join(parts))
     return lines
 

@@ -18,6 +18,7 @@ from PIL import Image
 from cutq import metrics
 from cutq.quantize import verify
 from cutq_runtime import images
+from cutq_runtime.errors import CutqError
 
 from .data import list_images, pick_evenly
 from .runners import Runner
@@ -52,18 +53,36 @@ def eval_images(folder: Path, count: int) -> list[EvalImage]:
     """`count` photos spread evenly over the sorted folder (`images/` + `masks/`, or a plain folder of photos)."""
     photos = folder / "images" if (folder / "images").is_dir() else folder
     masks = folder / "masks"
-    chosen = pick_evenly(list_images(photos), count)
+    chosen = pick_evenly(list_images(photos), count) if photos.is_dir() else []
     if not chosen:
-        raise FileNotFoundError(f"{photos}: no images")
-    return [EvalImage(p, masks / f"{p.stem}.png" if (masks / f"{p.stem}.png").is_file() else None) for p in chosen]
+        raise CutqError(f"{photos}: no photos to evaluate on")
+    items = [EvalImage(p, masks / f"{p.stem}.png" if (masks / f"{p.stem}.png").is_file() else None) for p in chosen]
+    for item in items:  # before any timing: a bad mask should stop the run at once, not after ten minutes
+        if item.truth is not None:
+            _check_size(item.truth, item.path)
+    return items
 
 
-def _truth(path: Path, size: tuple[int, int]) -> np.ndarray:
-    with Image.open(path) as img:
-        mask = img.convert("L")
-        if mask.size != size:
-            raise ValueError(f"{path}: mask is {mask.size[0]}x{mask.size[1]}, its photo {size[0]}x{size[1]}")
-        return np.asarray(mask) >= 128
+def _size(path: Path, what: str) -> tuple[int, int]:
+    try:
+        with Image.open(path) as img:
+            return img.size
+    except (OSError, ValueError) as exc:
+        raise CutqError(f"{path}: unreadable {what} ({exc})") from exc
+
+
+def _check_size(mask: Path, photo: Path) -> None:
+    (mw, mh), (pw, ph) = _size(mask, "ground-truth mask"), _size(photo, "photo")
+    if (mw, mh) != (pw, ph):
+        raise CutqError(f"{mask}: ground-truth mask is {mw}x{mh}, its photo {photo.name} is {pw}x{ph}")
+
+
+def _truth(path: Path) -> np.ndarray:
+    try:
+        with Image.open(path) as img:
+            return np.asarray(img.convert("L")) >= 128
+    except (OSError, ValueError) as exc:
+        raise CutqError(f"{path}: unreadable ground-truth mask ({exc})") from exc
 
 
 def evaluate(runner: Runner, items: list[EvalImage], on_mask: Callable[[int, Image.Image, Image.Image], None]) -> Quality:
@@ -75,7 +94,7 @@ def evaluate(runner: Runner, items: list[EvalImage], on_mask: Callable[[int, Ima
         maps.append(normalised)
         on_mask(index, img, served)
         if item.truth is not None:
-            pred, truth = np.asarray(served, np.float64) / 255.0, _truth(item.truth, img.size)
+            pred, truth = np.asarray(served, np.float64) / 255.0, _truth(item.truth)
             scores.append((metrics.mae(pred, truth), metrics.iou(pred, truth), metrics.max_fbeta(pred, truth),
                            metrics.s_measure(pred, truth)))
     if not scores:

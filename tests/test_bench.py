@@ -129,3 +129,13 @@ def test_pareto_front_keeps_only_undominated_points() -> None:
     points = [Point(name, x, y, y, "#000") for name, x, y in
               (("fast-bad", 1, 0.90), ("slow-good", 4, 1.0), ("mid", 2, 0.99), ("dominated", 3, 0.95))]
     assert [p.label for p in pareto_front(points)] == ["fast-bad", "mid", "slow-good"]
+
+
+def test_a_bad_ground_truth_mask_stops_the_run_at_once_naming_it(eval_dir: Path, tmp_path: Path, u2netp_path: Path) -> None:
+    bad = tmp_path / "eval"
+    shutil.copytree(eval_dir, bad)
+    Image.new("L", (10, 10)).save(bad / "masks" / "coffee.png")
+    proc = run("cutq", "bench", "--model", "u2netp", "--eval-dir", str(bad), "--no-pull", "--no-rembg")
+    err = proc.stderr.decode()
+    assert proc.returncode == 2 and "Traceback" not in err
+    assert "coffee.png: ground-truth mask is 10x10, its photo coffee.png is 600x400" in " ".join(err.split())
