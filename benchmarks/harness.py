@@ -55,7 +55,7 @@ class BenchConfig:
     pull: bool = True
 
 
-QUICK = {"eval_count": 3, "timing_count": 2, "runs": 3, "warmup": 1, "repeats": 1, "grid_count": 3}
+QUICK = {"eval_count": 3, "timing_count": 1, "runs": 2, "warmup": 1, "repeats": 1, "grid_count": 3}
 
 
 def default_eval_dir() -> Path:

@@ -74,6 +74,3 @@ class BenchReport:
                    "variants": [asdict(v) for v in self.variants], "notes": self.notes,
                    "duration_s": round(self.duration_s, 1)}
         return json.dumps(payload, indent=2, default=str) + "\n"
-
-    def row(self, name: str) -> VariantRow | None:
-        return next((v for v in self.variants if v.name == name), None)
