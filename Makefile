@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed
 DAVIS := ../shared/data/davis-val
 CALIB ?= $(if $(wildcard $(DAVIS)/images),$(DAVIS),calibration_data)
 
-.PHONY: setup quantize demo test lint bench clean
+.PHONY: setup quantize demo test lint bench bench-e2e clean
 
 setup: $(STAMP)  ## create .venv with cutq, cutq-runtime (editable) and the dev tools
 
@@ -34,9 +34,12 @@ test: setup  ## run the test suite (pulls u2netp and u2net into the model cache 
 lint: setup
 	$(BIN)/ruff check .
 
-bench: setup  ## end-to-end cutq vs rembg, then the hot-path suites (not part of `make test`)
-	$(BIN)/python -m cutq.benchmarks.e2e
+bench: setup  ## every variant in one run (tables + bench-results/), then the hot-path suites vs the saved baseline
+	$(BIN)/cutq bench --all --json bench-results/bench.json --markdown bench-results/bench.md --html bench-results/bench.html
 	$(BIN)/python -m pytest benchmarks/suites --benchmark-storage=benchmarks/baselines --benchmark-compare
 
+bench-e2e: setup  ## cutq vs rembg end to end, with the stage breakdown
+	$(BIN)/python -m cutq.benchmarks.e2e
+
 clean:
-	rm -rf $(VENV) demo .pytest_cache .benchmarks
+	rm -rf $(VENV) demo bench-results .pytest_cache .benchmarks

@@ -33,6 +33,7 @@ from cutq_runtime.session import Session
 
 from .data import BenchImage, default_images_dir, load_photos, make_large, source_name
 from .report import GroupResult, ModelResult, report, summary
+from .runners import rembg_session
 from .stages import STAGES, check_replicas, cutq_stages, max_abs_diff, rembg_stages
 
 REMBG_VERSION = importlib.metadata.version("rembg")
@@ -76,19 +77,9 @@ def _time_ms(fn: Callable[[bytes], bytes], data: bytes) -> tuple[float, bytes]:
 
 
 def _sessions(name: str, threads: int | None) -> tuple[BaseSession, Session]:
-    """One rembg and one cutq session on the same file, with the same ORT thread settings.
-
-    rembg's own default model is not U²-Net, so its session is always built by name and passed explicitly.
-    """
+    """One rembg and one cutq session on the same file, with the same ORT thread settings."""
     cutq_session = cutq_runtime.new_session(name, threads=threads)
-    opts = ort.SessionOptions()
-    if threads:
-        opts.intra_op_num_threads, opts.inter_op_num_threads = threads, 1
-    rembg_session = rembg.new_session(name, sess_opts=opts)
-    rembg_path = Path(type(rembg_session).download_models()).resolve()
-    if rembg_path != cutq_session.model.path.resolve():
-        raise SystemExit(f"{name}: rembg loads {rembg_path} but cutq loads {cutq_session.model.path}; not comparable")
-    return rembg_session, cutq_session
+    return rembg_session(name, cutq_session.model.path, threads), cutq_session
 
 
 def _order(rep: int, index: int) -> tuple[str, str]:

@@ -46,7 +46,7 @@ _sessions: dict[str, Session] = {}
 
 
 def load_session(name: str) -> Session:
-    """A cached session for a released model already in the cache; skips the test when it is not there."""
+    """A cached session for a model (released or variant) already in the cache; skips the test when it is not there."""
     if name not in _sessions:
         try:
             _sessions[name] = Session(resolve(name, pull_missing=False))

@@ -17,6 +17,7 @@ from PIL import Image
 from cutq.benchmarks.data import BenchImage
 from cutq_runtime import images, postprocess, preprocess
 from cutq_runtime.api import DEFAULT_PNG_LEVEL
+from cutq_runtime.models import list_models
 from cutq_runtime.registry import InputSpec
 from cutq_runtime.session import Session
 
@@ -38,11 +39,17 @@ def test_preprocess_to_tensor(benchmark: Benchmark, decoded: Image.Image) -> Non
     assert tensor.shape == (1, 3, 320, 320)
 
 
+def _cached_variants() -> list:
+    """u2netp and u2net, plus every variant in the cache (INT8, pruned, ...), so each gets its own line."""
+    names = ["u2netp", "u2net", *(i.name for i in list_models() if i.kind == "variant")]
+    return [pytest.param(n, marks=pytest.mark.slow) if n == "u2net" else n for n in names]
+
+
 @pytest.mark.benchmark(group="inference")
-@pytest.mark.parametrize("model", ["u2netp", pytest.param("u2net", marks=pytest.mark.slow)])
+@pytest.mark.parametrize("model", _cached_variants())
 def test_session_run(benchmark: Benchmark, model: str, photo: BenchImage,
                      load_model: Callable[[str], Session]) -> None:
-    """One ONNX Runtime call on a 320x320 tensor: independent of the photo size, so timed once per model."""
+    """One ONNX Runtime call on a 320x320 tensor: independent of the photo size, so timed once per variant."""
     session = load_model(model)
     tensor = preprocess.to_tensor(images.decode(photo.data, photo.label), session.input_spec)
     prediction = benchmark(session.run, tensor)
