@@ -3,7 +3,9 @@
 Greedy: quantize everything; while the masks on the search images are below the target SSIM, rank the
 still-quantized Convs by sensitivity (cheap), try the top few in float for real (SSIM of the masks), and
 keep the one with the best gain per cost, the cost being its share of the model's MACs (a float Conv at
-full resolution can cost a tenth of the FP32 run time; a small one a fraction of a percent).
+full resolution can cost a tenth of the FP32 run time; a small one a fraction of a percent). The Convs
+feeding the worst-ranked one are tried too: the error that shows at a Conv's output often enters at a
+cheaper Conv upstream.
 Stop at the target, or when no candidate improves the worst image, so no
 node is left in float (and slow) for nothing. The search images are the calibration images; the
 verification images are kept for the final, honest measurement.
@@ -73,7 +75,7 @@ def search(reference: onnx.ModelProto, quantized: onnx.ModelProto, images: Seque
         names = [c.node for c in chosen]
         ranking = sensitivity.rank(probe, current, skip=names)
         trials = []
-        for candidate in ranking[: config.candidates]:
+        for candidate in _candidates(ranking, probe.feeding, config.candidates, names):
             model = mixed.keep_float(quantized, reference, [*names, candidate.node])
             trials.append((measure(model), candidate, model))
         if not trials:
@@ -97,3 +99,14 @@ def search_input_shape(model: onnx.ModelProto) -> tuple[int, ...]:
     if len(dims) != len(fallback):
         return fallback
     return tuple(d.dim_value if d.dim_value > 0 else f for d, f in zip(dims, fallback, strict=True))
+
+
+def _candidates(ranking: Sequence[sensitivity.NodeSensitivity], feeding: dict[str, set[str]], count: int,
+                skip: Sequence[str]) -> list[sensitivity.NodeSensitivity]:
+    """The `count` worst-ranked Convs, then the Convs feeding the worst one."""
+    chosen = list(ranking[:count])
+    if chosen:
+        by_name = {r.node: r for r in ranking}
+        upstream = sorted(feeding.get(chosen[0].node, set()) - set(skip) - {r.node for r in chosen})
+        chosen += [by_name[n] for n in upstream if n in by_name]
+    return chosen
