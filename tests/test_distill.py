@@ -3,6 +3,7 @@ checkpoints resume exactly, and runs are deterministic. Real onnxruntime, real t
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -13,6 +14,10 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from cutq.quantize.verify import session_for
+from cutq_runtime import models
+from cutq_runtime.fsutil import file_digest
+from cutq_runtime.registry import InputSpec
+from tests.conftest import CALIBRATION
 from tests.tiny import two_conv_model
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -28,7 +33,7 @@ def test_missing_torch_is_a_clear_error_naming_the_extra() -> None:
         "from tests.tiny import two_conv_model\n"
         "m = two_conv_model()\n"
         "try:\n"
-        "    finetune(m, m, [np.zeros((1, 3, 16, 16), np.float32)], FinetuneConfig(side_weights=(1.0,)))\n"
+        "    finetune(m, m, [np.zeros((1, 3, 16, 16), np.float32)], FinetuneConfig())\n"
         "except CutqError as exc:\n"
         "    print(exc)\n"
     )
@@ -50,7 +55,7 @@ from cutq.distill.finetune import FinetuneConfig, finetune  # noqa: E402
 from cutq.distill.graph_module import GraphModule  # noqa: E402
 from cutq_runtime.errors import ModelError  # noqa: E402
 
-TINY_CONFIG = FinetuneConfig(epochs=6, lr=1e-2, batch_size=2, side_weights=(1.0,), threads=1)
+TINY_CONFIG = FinetuneConfig(epochs=6, lr=1e-2, batch_size=2, threads=1)
 
 
 def _run_ort(model: onnx.ModelProto, x: np.ndarray) -> list[np.ndarray]:
@@ -210,3 +215,26 @@ def test_fingerprint_ignores_only_epochs_and_checkpoint_path() -> None:
                                                                     "checkpoint": Path("x")}).settings())
     assert base != fingerprint(model, model, xs, FinetuneConfig(**{**TINY_CONFIG.__dict__, "lr": 0.5}).settings())
     assert base != fingerprint(model, model, images(2, seed=1), TINY_CONFIG.settings())
+
+
+def test_cli_finetunes_a_student_file_and_writes_variant_files(tmp_path: Path) -> None:
+    teacher = two_conv_model()
+    spec = models.input_spec_dict(InputSpec(size=(16, 16)))  # so the photos are preprocessed to the tiny input
+    for name, model in (("teacher", teacher), ("student", sliced(teacher, [0, 2, 4, 6]))):
+        onnx.save(model, tmp_path / f"{name}.onnx")
+        (tmp_path / f"{name}.json").write_text(json.dumps({"input": spec}))
+    out = tmp_path / "out" / "tuned.onnx"
+    proc = subprocess.run(
+        [str(Path(sys.executable).parent / "cutq"), "finetune", "--student", str(tmp_path / "student.onnx"),
+         "--teacher", str(tmp_path / "teacher.onnx"), "--images", str(CALIBRATION), "--out", str(out),
+         "--epochs", "2", "--lr", "0.01", "--threads", "1"], capture_output=True, text=True, check=False)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == str(out)
+    assert "mask SSIM vs teacher" in proc.stderr
+    assert sorted(p.name for p in out.parent.iterdir()) == ["tuned.json", "tuned.onnx", "tuned.ort"]  # checkpoint removed
+    manifest = json.loads(out.with_suffix(".json").read_text())
+    step = manifest["steps"][0]
+    assert (step["step"], step["epochs"], len(step["epoch_losses"])) == ("finetune", 2, 2)
+    assert step["teacher"]["sha256"] == file_digest(tmp_path / "teacher.onnx", "sha256")
+    assert set(manifest["verification"]) >= {"before", "after", "images"}
+    assert models.resolve(out).name == "tuned"  # the manifest's checksum matches the file
