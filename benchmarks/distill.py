@@ -83,7 +83,7 @@ def main() -> None:
     parser.add_argument("--fraction", type=float, default=0.5, help="share of channels to drop")
     parser.add_argument("--images", type=Path, default=DAVIS_IMAGES)
     parser.add_argument("--train-count", type=int, default=32)
-    parser.add_argument("--verify-count", type=int, default=24)
+    parser.add_argument("--verify-count", type=int, default=24, help="0: time the steps only")
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--lr", type=float, default=FinetuneConfig.lr)
     parser.add_argument("--batch-size", type=int, default=1)
@@ -98,49 +98,55 @@ def main() -> None:
     teacher = onnx.load(resolved.path)
     train_paths, verify_paths = calibration_set.split_by_sequence(calibration_set.list_images(args.images), 0.5, args.seed)
     train = calibration_set.load(calibration_set.sample(train_paths, args.train_count, args.seed), resolved.input)
-    held = calibration_set.load(calibration_set.sample(verify_paths, args.verify_count, args.seed), resolved.input)
     student = prune_smallest_channels(teacher, args.fraction)
-    teacher_masks = verify.masks(verify.session_for(teacher, args.threads), held.tensors)
-    before = _fidelity(teacher_masks, student, held.tensors, args.threads)
+    result: dict[str, object] = {
+        "model": resolved.name, "fraction": args.fraction, "params": {"teacher": _params(teacher), "student": _params(student)},
+        "train_scenes": sorted({calibration_set.sequence_of(p) for p in train.paths}), "train_images": len(train.paths)}
+    if args.verify_count:
+        held = calibration_set.load(calibration_set.sample(verify_paths, args.verify_count, args.seed), resolved.input)
+        teacher_masks = verify.masks(verify.session_for(teacher, args.threads), held.tensors)
+        before = _fidelity(teacher_masks, student, held.tensors, args.threads)
+        result |= {"verify_scenes": sorted({calibration_set.sequence_of(p) for p in held.paths}),
+                   "verify_images": len(held.paths)}
 
-    marks: list[tuple[StepInfo, float]] = []
+    marks: list[tuple[float, float]] = []  # (wall, this process's CPU time) after every step
     def progress(info: StepInfo) -> None:
-        marks.append((info, time.perf_counter()))
+        marks.append((time.perf_counter(), time.process_time()))
         print(f"epoch {info.epoch}/{info.epochs} step {info.step}/{info.steps} loss {info.loss:.4f}", flush=True)
 
     config = FinetuneConfig(epochs=args.epochs, lr=args.lr, batch_size=args.batch_size, seed=args.seed,
                             threads=args.threads, bf16=args.bf16, checkpoint=args.checkpoint)
     start = time.perf_counter()
     tuned, report = finetune(student, teacher, train.tensors, config, progress, note=print)
-    total = time.perf_counter() - start
-    after = _fidelity(teacher_masks, tuned, held.tensors, args.threads)
+    result |= {"config": {**config.settings(), "epochs": args.epochs}, "epoch_losses": report.epoch_losses,
+               "seconds_total": time.perf_counter() - start}
+    if args.verify_count:
+        after = _fidelity(teacher_masks, tuned, held.tensors, args.threads)
+        result |= {"ssim_mean_before": before.ssim_mean, "ssim_min_before": before.ssim_min,
+                   "ssim_mean_after": after.ssim_mean, "ssim_min_after": after.ssim_min,
+                   "mae_before": before.mae_mean, "mae_after": after.mae_mean}
     if args.out is not None:
         onnx.save(tuned, args.out)
-    step_seconds = float(np.median(np.diff([t for _, t in marks]))) if len(marks) > 1 else float("nan")
-    print(json.dumps({
-        "model": resolved.name, "fraction": args.fraction, "config": {**config.settings(), "epochs": args.epochs},
-        "params": {"teacher": _params(teacher), "student": _params(student)},
-        "train_scenes": sorted({calibration_set.sequence_of(p) for p in train.paths}), "train_images": len(train.paths),
-        "verify_scenes": sorted({calibration_set.sequence_of(p) for p in held.paths}), "verify_images": len(held.paths),
-        "ssim_mean_before": before.ssim_mean, "ssim_min_before": before.ssim_min,
-        "ssim_mean_after": after.ssim_mean, "ssim_min_after": after.ssim_min,
-        "mae_before": before.mae_mean, "mae_after": after.mae_mean, "epoch_losses": report.epoch_losses,
-        "seconds_total": total, "seconds_per_step_median": step_seconds,
-        "step_over_teacher_ort_forward": step_seconds / _forward_seconds(teacher, train.tensors[0], args.threads),
-    }, indent=1))
+    if len(marks) > 1:
+        wall, cpu = (float(np.median(np.diff(series))) for series in zip(*marks, strict=True))
+        fwd_wall, fwd_cpu = _forward_seconds(teacher, train.tensors[0], args.threads)
+        result |= {"step_wall_s": wall, "step_cpu_s": cpu, "teacher_ort_forward_wall_s": fwd_wall,
+                   "teacher_ort_forward_cpu_s": fwd_cpu, "step_over_forward_cpu": cpu / fwd_cpu}
+    print(json.dumps(result, indent=1))
 
 
-def _forward_seconds(model: onnx.ModelProto, tensor: np.ndarray, threads: int, runs: int = 3) -> float:
-    """Median onnxruntime forward time, measured right after training so the machine load is comparable."""
+def _forward_seconds(model: onnx.ModelProto, tensor: np.ndarray, threads: int, runs: int = 3) -> tuple[float, float]:
+    """Median onnxruntime forward (wall, CPU) seconds of the teacher: the yardstick a training step is compared to."""
     session = verify.session_for(model, threads)
     name = session.get_inputs()[0].name
     session.run(None, {name: tensor})
-    times = []
+    wall, cpu = [], []
     for _ in range(runs):
-        start = time.perf_counter()
+        start, start_cpu = time.perf_counter(), time.process_time()
         session.run(None, {name: tensor})
-        times.append(time.perf_counter() - start)
-    return float(np.median(times))
+        wall.append(time.perf_counter() - start)
+        cpu.append(time.process_time() - start_cpu)
+    return float(np.median(wall)), float(np.median(cpu))
 
 
 def _params(model: onnx.ModelProto) -> int:
