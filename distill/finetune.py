@@ -96,12 +96,9 @@ def _check(student: onnx.ModelProto, teacher: onnx.ModelProto, images: Sequence[
 def _teacher_samples(teacher: onnx.ModelProto, images: Sequence[np.ndarray], config: FinetuneConfig) -> _Samples:
     session = session_for(teacher, config.resolved_threads)
     name = session.get_inputs()[0].name
-    inputs: list[np.ndarray] = []
-    for image in images:
-        inputs.append(image)
-        inputs.append(np.ascontiguousarray(image[..., ::-1]))
-    targets = tuple(tuple(session.run(None, {name: x})) for x in (inputs if config.flip else inputs[::2]))
-    return _Samples(tuple(inputs) if config.flip else tuple(inputs[::2]), targets)
+    inputs = tuple(view for image in images
+                   for view in ((image, np.ascontiguousarray(image[..., ::-1])) if config.flip else (image,)))
+    return _Samples(inputs, tuple(tuple(session.run(None, {name: x})) for x in inputs))
 
 
 def _kl_loss(torch, logits: Sequence, targets: Sequence, weights: Sequence[float]):
@@ -145,6 +142,7 @@ def finetune(student: onnx.ModelProto, teacher: onnx.ModelProto, images: Sequenc
         run_id = checkpoint.fingerprint(student, teacher, images, config.settings())
         losses, resumed = _resume(module, optimizer, run_id, config, note)
         if resumed < config.epochs:
+            note(f"computing the teacher's outputs for {len(images)} image(s){' and their mirror images' * config.flip}")
             samples = _teacher_samples(teacher, images, config)
             for epoch in range(resumed + 1, config.epochs + 1):
                 losses.append(_epoch(torch, module, optimizer, samples, len(images), epoch, config, progress))

@@ -41,7 +41,7 @@ def test_missing_torch_is_a_clear_error_naming_the_extra() -> None:
     assert "pip install 'cutq[train]'" in result.stdout
 
 
-def test_nothing_outside_distill_imports_torch() -> None:
+def test_importing_cutq_its_cli_and_the_config_loads_no_torch() -> None:
     code = ("import sys, cutq.cli, cutq.quantize.pipeline, cutq.distill.finetune, cutq.benchmarks.report\n"
             "print('torch' in sys.modules)")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True)
@@ -151,11 +151,13 @@ def _kl(student: onnx.ModelProto, teacher: onnx.ModelProto, xs: list[np.ndarray]
     return total / len(xs)
 
 
-def test_finetune_moves_a_pruned_student_toward_its_teacher() -> None:
+@pytest.mark.parametrize("config", [TINY_CONFIG, FinetuneConfig(**{**TINY_CONFIG.__dict__, "bf16": True, "flip": False})],
+                         ids=["fp32_flip", "bf16_noflip"])
+def test_finetune_moves_a_pruned_student_toward_its_teacher(config: FinetuneConfig) -> None:
     teacher = two_conv_model()
     student = sliced(teacher, [0, 2, 4, 6])
     train, held_out = images(8), images(4, seed=9)
-    tuned, report = finetune(student, teacher, train, TINY_CONFIG)
+    tuned, report = finetune(student, teacher, train, config)
     assert report.epoch_losses[-1] < 0.7 * report.epoch_losses[0]
     assert _kl(tuned, teacher, held_out) < 0.7 * _kl(student, teacher, held_out)
     assert [(t.name, list(t.dims)) for t in tuned.graph.initializer] == \
