@@ -90,6 +90,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--bf16", action="store_true", help="train under bfloat16 autocast")
+    parser.add_argument("--step-costs", action="store_true", help="only time training steps, fp32 vs bf16, 1 thread")
     parser.add_argument("--checkpoint", type=Path, default=None)
     parser.add_argument("--out", type=Path, default=None, help="write the fine-tuned student here (.onnx)")
     args = parser.parse_args()
@@ -102,6 +103,11 @@ def main() -> None:
     result: dict[str, object] = {
         "model": resolved.name, "fraction": args.fraction, "params": {"teacher": _params(teacher), "student": _params(student)},
         "train_scenes": sorted({calibration_set.sequence_of(p) for p in train.paths}), "train_images": len(train.paths)}
+    if args.step_costs:
+        _, teacher_cpu = _forward_seconds(teacher, train.tensors[0], threads=1)
+        print(json.dumps({**result, "step_cpu_s_1_thread": step_costs(student, train.tensors[0]),
+                          "teacher_ort_forward_cpu_s_1_thread": teacher_cpu}, indent=1))
+        return
     if args.verify_count:
         held = calibration_set.load(calibration_set.sample(verify_paths, args.verify_count, args.seed), resolved.input)
         teacher_masks = verify.masks(verify.session_for(teacher, args.threads), held.tensors)
@@ -147,6 +153,35 @@ def _forward_seconds(model: onnx.ModelProto, tensor: np.ndarray, threads: int, r
         wall.append(time.perf_counter() - start)
         cpu.append(time.process_time() - start_cpu)
     return float(np.median(wall)), float(np.median(cpu))
+
+
+def step_costs(student: onnx.ModelProto, tensor: np.ndarray, repeats: int = 2) -> dict[str, list[float]]:
+    """CPU seconds of one training step (batch 1), float32 and bfloat16 autocast, interleaved, on one thread.
+
+    One thread because CPU time is then also wall time, and because on a busy machine a second OpenMP thread
+    spins waiting for the first and inflates CPU time without doing work.
+    """
+    import torch
+
+    from cutq.distill.graph_module import GraphModule
+
+    torch.set_num_threads(1)
+    module = GraphModule(student, channels_last=True)
+    x = torch.from_numpy(tensor)
+
+    def step(bf16: bool) -> float:
+        start = time.process_time()
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            outputs = module(x, logits=True)
+        sum(o.float().square().mean() for o in outputs).backward()
+        return time.process_time() - start
+
+    step(False), step(True)  # warm-up: oneDNN builds its kernels on first use
+    costs: dict[str, list[float]] = {"fp32": [], "bf16": []}
+    for _ in range(repeats):
+        costs["fp32"].append(step(False))
+        costs["bf16"].append(step(True))
+    return costs
 
 
 def _params(model: onnx.ModelProto) -> int:
