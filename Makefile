@@ -3,6 +3,8 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+# Optional extras beside the dev tools; CI adds `train` (torch, CPU build) so the fine-tune tests run too.
+EXTRAS ?= dev
 
 # Calibration photos for `make quantize`: davis-val beside the repo when present (split by scene into
 # calibration and verification), else the bundled calibration_data/.
@@ -16,7 +18,7 @@ setup: $(STAMP)  ## create .venv with cutq, cutq-runtime (editable) and the dev 
 $(STAMP): pyproject.toml runtime/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e ./runtime -e ".[dev]"
+	$(BIN)/python -m pip install --quiet -e ./runtime -e ".[$(EXTRAS)]"
 	touch $(STAMP)
 
 # Each model's own fidelity target (mask SSIM min vs FP32 on held-out photos): u2netp, the small model, 0.97.
