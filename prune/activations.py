@@ -49,3 +49,66 @@ def capture(model: onnx.ModelProto, names: Sequence[str], tensors: Sequence[np.n
     feed = session.get_inputs()[0].name
     for tensor in tensors:
         yield dict(zip(names, session.run(names, {feed: tensor}), strict=True))
+
+
+class Frontier:
+    """Runs a model over fixed images in consecutive pieces, keeping between pieces only the live tensors.
+
+    The reconstruction refits U²-Net one wave of Convs at a time, and each wave must see the network with
+    every earlier wave already refit. Running the whole network again for each of ~110 waves costs ~110
+    forward passes; here each piece runs only the nodes not yet run, from the cached tensors they read, so
+    the total is about one forward pass. Nodes are identified by position, so the weights may change between
+    pieces as long as the graph's structure does not; a node's weights are read when the node runs.
+    """
+
+    def __init__(self, model: onnx.ModelProto, tensors: Sequence[np.ndarray]) -> None:
+        inferred = onnx.shape_inference.infer_shapes(model)
+        self.types = {v.name: v.type.tensor_type.elem_type
+                      for v in [*inferred.graph.value_info, *inferred.graph.input, *inferred.graph.output]}
+        nodes = model.graph.node
+        self.producer = {out: i for i, node in enumerate(nodes) for out in node.output}
+        self.consumers: dict[str, list[int]] = {}
+        for i, node in enumerate(nodes):
+            for name in node.input:
+                self.consumers.setdefault(name, []).append(i)
+        feed = next(i.name for i in model.graph.input if i.name not in {t.name for t in model.graph.initializer})
+        self.done: set[int] = set()
+        self.cache = [{feed: t} for t in tensors]
+
+    def advance(self, model: onnx.ModelProto, wanted: Sequence[str]) -> list[dict[str, np.ndarray]]:
+        """Per image, the `wanted` tensors, computed by running the nodes they need that have not run yet."""
+        have = set(self.cache[0]) if self.cache else set()
+        run: set[int] = set()
+        stack = [w for w in wanted if w not in have]
+        while stack:
+            i = self.producer[stack.pop()]
+            if i not in run:
+                run.add(i)
+                stack.extend(n for n in model.graph.node[i].input if n and n not in have and n in self.producer)
+        self.done |= run
+        live = {out for i in run for out in model.graph.node[i].output
+                if out in wanted or any(c not in self.done for c in self.consumers.get(out, []))}
+        if run:
+            piece = self._piece(model, sorted(run), have, sorted(live))
+            session = session_for(piece)
+            feeds = [i.name for i in piece.graph.input]
+            for cached in self.cache:
+                cached.update(zip(sorted(live), session.run(sorted(live), {n: cached[n] for n in feeds}), strict=True))
+        for cached in self.cache:  # forget what no node left to run reads
+            for name in [n for n in cached if n not in wanted and all(c in self.done for c in self.consumers.get(n, []))]:
+                del cached[name]
+        return [{w: cached[w] for w in wanted} for cached in self.cache]
+
+    def _piece(self, model: onnx.ModelProto, nodes: list[int], have: set[str], outputs: list[str]) -> onnx.ModelProto:
+        graph = model.graph
+        chosen = [graph.node[i] for i in nodes]
+        reads = {n for node in chosen for n in node.input if n}
+        inits = [t for t in graph.initializer if t.name in reads]
+        stored = {t.name for t in inits}
+        inputs = sorted(n for n in reads if n in have and n not in stored)
+
+        def value(name: str) -> onnx.ValueInfoProto:
+            return helper.make_tensor_value_info(name, self.types.get(name, TensorProto.FLOAT), None)
+
+        piece = helper.make_graph(chosen, "piece", [value(n) for n in inputs], [value(n) for n in outputs], inits)
+        return helper.make_model(piece, opset_imports=model.opset_import, ir_version=model.ir_version)
