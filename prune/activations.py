@@ -1,4 +1,4 @@
-"""Reading intermediate feature maps with onnxruntime, for the activation criterion and the reconstruction.
+"""Reading intermediate feature maps with onnxruntime, for the criteria, the compensation and the reconstruction.
 
 The requested tensors become the outputs of a copy of the model cut down to the nodes they depend on:
 onnxruntime runs every node of a graph whatever outputs are asked for, and the reconstruction asks for
@@ -9,6 +9,7 @@ unmodified graph computes.
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import onnx
@@ -49,6 +50,44 @@ def capture(model: onnx.ModelProto, names: Sequence[str], tensors: Sequence[np.n
     feed = session.get_inputs()[0].name
     for tensor in tensors:
         yield dict(zip(names, session.run(names, {feed: tensor}), strict=True))
+
+
+@dataclass(frozen=True)
+class Moments:
+    """Per-channel mean and standard deviation of one feature map over every position of every image,
+    and its spatial size (the bias compensation needs it to know how much of a kernel falls on padding)."""
+
+    mean: np.ndarray
+    std: np.ndarray
+    size: tuple[int, int]
+
+
+def moments(model: onnx.ModelProto, names: Sequence[str], tensors: Sequence[np.ndarray]) -> dict[str, Moments]:
+    """`Moments` of the feature maps `names` over `tensors` (float64 sums: means of ~10⁵ positions per image)."""
+    names = list(dict.fromkeys(names))
+    sums = {name: 0.0 for name in names}
+    squares = {name: 0.0 for name in names}
+    sizes: dict[str, tuple[int, int]] = {}
+    count = {name: 0 for name in names}
+    for values in capture(model, names, tensors):
+        for name in names:
+            value = values[name]
+            sums[name] = sums[name] + value.sum(axis=(0, 2, 3), dtype=np.float64)
+            squares[name] = squares[name] + np.square(value, dtype=np.float64).sum(axis=(0, 2, 3))
+            count[name] += value.size // value.shape[1]
+            sizes[name] = tuple(value.shape[2:])
+    found = {}
+    for name in names:
+        mean = sums[name] / count[name]
+        found[name] = Moments(mean, np.sqrt(np.maximum(squares[name] / count[name] - mean**2, 0.0)), sizes[name])
+    return found
+
+
+def conv_input_moments(model: onnx.ModelProto, convs: Sequence[str], tensors: Sequence[np.ndarray]) -> dict[str, Moments]:
+    """Conv name -> `Moments` of the tensor it reads (after Relu/MaxPool/Resize/Concat), for each of `convs`."""
+    reads = {n.name: n.input[0] for n in model.graph.node if n.op_type == "Conv"}
+    found = moments(model, [reads[conv] for conv in convs], tensors)
+    return {conv: found[reads[conv]] for conv in convs}
 
 
 class Frontier:

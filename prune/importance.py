@@ -6,13 +6,14 @@ is a small class, not a change to the pruner. Two are provided:
 - `Magnitude` (filter L1 or L2, the default): the norm of each producing Conv's output filter, summed over
   the group's producers. U²-Net's batch norm is folded into its Convs, so the filter norm already carries the
   BN scale γ/σ that BN-γ criteria look at; no PyTorch checkpoint is needed.
-- `Activation`: how much each channel feeds into the next layers on real photos, E|x_c| · ‖W[:, c]‖₁ summed
-  over the consuming Convs. It sees what the weights alone cannot: channels that are rarely active.
+- `Activation`: how much each channel's variation feeds into the next layers on real photos,
+  std(x_c) · ‖W[:, c]‖₂ summed over the consuming Convs; the right measure once the pruner compensates the
+  mean of what it removes. It sees what the weights alone cannot: channels that are constant or rarely active.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -21,7 +22,7 @@ import onnx
 
 from cutq_runtime.errors import CutqError
 
-from .activations import capture
+from .activations import Moments
 from .depgraph import DepGraph, conv_weights
 
 Scores = dict[int, np.ndarray]
@@ -54,27 +55,25 @@ class Magnitude:
 
 @dataclass(frozen=True)
 class Activation:
-    """Mean absolute activation of each channel at its consumers' inputs, weighted by the weights that read it."""
+    """How much each channel's *variation* feeds into the next layers on real photos:
+    std(x_c) · ‖W[:, c]‖₂ at each consuming Conv's input, summed over the consumers.
 
-    images: Sequence[np.ndarray] = field(repr=False)
+    The pruner adds a removed channel's mean contribution to the consumers' biases, so what removal loses is
+    the channel's spread around its mean, not its size. A channel stuck at a large constant (common once batch
+    norm is folded) scores near zero here, and high on |x| or on the filter norm, which is backwards.
+    """
+
+    moments: Mapping[str, Moments] = field(repr=False)  # Conv name -> moments of its input
     name: str = "activation"
 
     def scores(self, model: onnx.ModelProto, graph: DepGraph) -> Scores:
-        if not self.images:
-            raise CutqError("the activation criterion needs calibration images")
-        inputs = {n.name: n.input[0] for n in model.graph.node if n.op_type == "Conv"}
-        names = sorted({inputs[conv] for group in graph.prunable for conv, _ in group.consumers})
-        means = {name: 0.0 for name in names}
-        for values in capture(model, names, self.images):
-            for name in names:
-                means[name] = means[name] + np.abs(values[name]).mean(axis=(0, 2, 3), dtype=np.float64) / len(self.images)
         weights = conv_weights(model)
         found = {}
         for group in graph.prunable:
             total = np.zeros(group.channels)
             for conv, offset in group.consumers:
-                read = np.abs(weights[conv][0][:, offset:offset + group.channels]).sum(axis=(0, 2, 3), dtype=np.float64)
-                total += means[inputs[conv]][offset:offset + group.channels] * read
+                read = weights[conv][0][:, offset:offset + group.channels].astype(np.float64)
+                total += self.moments[conv].std[offset:offset + group.channels] * np.sqrt(np.square(read).sum(axis=(0, 2, 3)))
             found[group.index] = total
         return found
 
@@ -82,10 +81,16 @@ class Activation:
 CRITERIA = ("l1", "l2", "activation")
 
 
-def criterion(name: str, images: Sequence[np.ndarray] = ()) -> Importance:
-    """The criterion called `name` (one of `CRITERIA`)."""
+def needs_moments(name: str) -> bool:
+    return name == "activation"
+
+
+def criterion(name: str, moments: Mapping[str, Moments] | None = None) -> Importance:
+    """The criterion called `name` (one of `CRITERIA`); `activation` needs the consumers' input moments."""
     if name in ("l1", "l2"):
         return Magnitude(int(name[1]))
     if name == "activation":
-        return Activation(tuple(images))
+        if not moments:
+            raise CutqError("the activation criterion needs statistics from calibration images")
+        return Activation(moments)
     raise CutqError(f"unknown criterion '{name}'; choose one of {', '.join(CRITERIA)}")

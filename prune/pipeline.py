@@ -21,7 +21,8 @@ from cutq_runtime.errors import ModelError, OutputError
 from cutq_runtime.fsutil import file_digest
 
 from . import importance, pruner
-from .depgraph import trace
+from .activations import conv_input_moments
+from .depgraph import conv_weights, trace
 from .reconstruct import ReconstructConfig, ReconstructReport, reconstruct
 
 Progress = Callable[[str], None]
@@ -33,7 +34,7 @@ class PruneJob:
 
     model: str
     prune: pruner.PruneConfig
-    criterion: str = "l1"
+    criterion: str = "activation"
     reconstruct: bool = True
     out: Path | None = None
     calib_dir: Path | None = None
@@ -60,6 +61,7 @@ class PruneResult:
     groups_pruned: int
     channels_before: int
     channels_after: int
+    channel_fraction: float
     reconstruction: ReconstructReport | None
     fidelity: verify.Fidelity
     export: ExportResult
@@ -90,10 +92,14 @@ def run(job: PruneJob, progress: Progress = lambda message: None) -> PruneResult
     calib, checked = calibration_set.calibration_and_verification(
         job.calib_dir or DEFAULT_CALIB_DIR, job.verify_dir, job.calib_count, job.verify_count, job.seed, resolved.input,
         MIN_IMAGES)
+    progress("measuring channel statistics")
+    consumers = sorted({conv for group in graph.prunable for conv, _ in group.consumers})
+    moments = conv_input_moments(source, consumers, calib.tensors)
     progress(f"scoring channels ({job.criterion})")
-    scores = importance.criterion(job.criterion, calib.tensors).scores(source, graph)
-    keep = pruner.select(graph, scores, job.prune)
-    model, slices = pruner.apply(source, graph, keep)
+    scores = importance.criterion(job.criterion, moments).scores(source, graph)
+    fraction = pruner.channel_fraction(graph, {conv: w.shape for conv, (w, _) in conv_weights(source).items()}, job.prune)
+    keep = pruner.select(graph, scores, fraction, job.prune.multiple)
+    model, slices = pruner.apply(source, graph, keep, moments)
     report = None
     if job.reconstruct:
         model, report = reconstruct(source, model, slices, calib.tensors, job.reconstruction, progress)
@@ -105,11 +111,12 @@ def run(job: PruneJob, progress: Progress = lambda message: None) -> PruneResult
     channels = (sum(g.channels for g in graph.prunable), sum(len(k) for k in keep.values()))
     manifest = {
         "name": out.stem,
-        "description": f"{resolved.name}, {job.prune.ratio:.0%} of channels pruned, SSIM mean {fidelity.ssim_mean:.3f} vs FP32",
+        "description": f"{resolved.name}, {job.prune.ratio:.0%} of parameters pruned, SSIM mean {fidelity.ssim_mean:.3f} vs FP32",
         "input": models.input_spec_dict(resolved.input),
         "source": {"name": resolved.name, "path": str(resolved.path), "sha256": file_digest(resolved.path, "sha256")},
         "steps": [
-            {"step": "prune", **asdict(job.prune), "criterion": job.criterion, "groups": len(keep),
+            {"step": "prune", **asdict(job.prune), "criterion": job.criterion, "channel_fraction": fraction,
+             "bias_compensation": True, "groups": len(keep),
              "channels_before": channels[0], "channels_after": channels[1], "params_before": before.params,
              "params_after": params, "macs_before": before.macs, "macs_after": macs,
              "kept": {str(g): k.tolist() for g, k in sorted(keep.items())}},
@@ -122,5 +129,5 @@ def run(job: PruneJob, progress: Progress = lambda message: None) -> PruneResult
     }
     progress("writing files")
     written = export(model, out, manifest, source=resolved.path)
-    return PruneResult(out.stem, before, ModelFigures(params, macs, written.size_bytes), len(keep), *channels, report,
+    return PruneResult(out.stem, before, ModelFigures(params, macs, written.size_bytes), len(keep), *channels, fraction, report,
                        fidelity, written, calib.skipped + checked.skipped)

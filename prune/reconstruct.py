@@ -26,10 +26,9 @@ from dataclasses import dataclass
 import numpy as np
 import onnx
 
-from cutq_runtime.errors import ModelError
-
 from .activations import Frontier, capture
 from .depgraph import conv_weights
+from .geometry import Geometry, im2col
 from .pruner import ConvSlice, replace_weights
 
 
@@ -37,6 +36,7 @@ from .pruner import ConvSlice, replace_weights
 class ReconstructConfig:
     samples: int = 1024  # spatial positions sampled per image and Conv
     ridge: float = 1e-3  # λ as a fraction of the mean diagonal of XᵀX
+    weights: bool = True  # False: keep the sliced weights and only correct the bias (the mean of the error)
     seed: int = 0
 
 
@@ -46,32 +46,6 @@ class ReconstructReport:
     passes: int
     error_sliced: float  # mean over refit Convs of residual / variance of the target, sliced weights
     error_refit: float  # the same after the refit
-
-
-@dataclass(frozen=True)
-class _Geometry:
-    kernel: tuple[int, int]
-    pads: tuple[int, int, int, int]
-    strides: tuple[int, int]
-    dilations: tuple[int, int]
-
-    @classmethod
-    def of(cls, node: onnx.NodeProto, weight: np.ndarray) -> _Geometry:
-        attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
-        if attrs.get("auto_pad", b"NOTSET") not in (b"NOTSET", "NOTSET") or weight.ndim != 4:
-            raise ModelError(f"Conv '{node.name}': only 2-D convolutions with explicit pads can be reconstructed")
-        return cls(tuple(weight.shape[2:]), tuple(attrs.get("pads", (0, 0, 0, 0))), tuple(attrs.get("strides", (1, 1))),
-                   tuple(attrs.get("dilations", (1, 1))))
-
-
-def im2col(x: np.ndarray, geometry: _Geometry, ys: np.ndarray, xs: np.ndarray) -> np.ndarray:
-    """Patches of `x` [C, H, W] under the output positions (ys, xs), flattened like a [O, C, kh, kw] weight."""
-    top, left, bottom, right = geometry.pads
-    padded = np.pad(x, ((0, 0), (top, bottom), (left, right)))
-    rows = ys[:, None] * geometry.strides[0] + np.arange(geometry.kernel[0]) * geometry.dilations[0]
-    cols = xs[:, None] * geometry.strides[1] + np.arange(geometry.kernel[1]) * geometry.dilations[1]
-    patches = padded[:, rows[:, :, None], cols[:, None, :]]  # [C, n, kh, kw]
-    return patches.transpose(1, 0, 2, 3).reshape(len(ys), -1)
 
 
 class _Normal:
@@ -98,6 +72,12 @@ class _Normal:
         err = np.sum(w * (self.xtx @ w)) - 2 * np.sum(w * self.xty) + self.yy
         return float(max(err, 0.0) / max(self.yy - np.sum(self.ysum**2) / self.n, 1e-12))
 
+    def correct_bias(self, w0: np.ndarray) -> np.ndarray:
+        """`w0` with its bias row moved so the mean output matches the mean target: mean(Y − X W₀)."""
+        w = w0.copy()
+        w[-1] = (self.xty[-1] - self.xtx[-1, :-1] @ w0[:-1]) / self.n
+        return w
+
     def solve(self, w0: np.ndarray, ridge: float) -> np.ndarray:
         lam = ridge * np.trace(self.xtx) / len(self.xtx)
         return np.linalg.solve(self.xtx + lam * np.eye(len(self.xtx)), self.xty + lam * w0)
@@ -118,7 +98,7 @@ def reconstruct(original: onnx.ModelProto, pruned: onnx.ModelProto, slices: Mapp
     if not refit or not images:
         return model, ReconstructReport(0, 0, 0.0, 0.0)
     weights = conv_weights(model)
-    geometry = {name: _Geometry.of(convs[name], weights[name][0]) for name in refit}
+    geometry = {name: Geometry.of(convs[name], weights[name][0]) for name in refit}
     positions, targets = _targets(original, convs, refit, slices, images, config)
     chunks = _waves(model, refit)
     before, after = [], []
@@ -135,7 +115,8 @@ def reconstruct(original: onnx.ModelProto, pruned: onnx.ModelProto, slices: Mapp
         for name in chunk:
             weight, bias = current[name]
             w0 = np.vstack([weight.reshape(len(weight), -1).T, (np.zeros(len(weight)) if bias is None else bias)[None]])
-            w = normal[name].solve(w0.astype(np.float64), config.ridge)
+            w0 = w0.astype(np.float64)
+            w = normal[name].solve(w0, config.ridge) if config.weights else normal[name].correct_bias(w0)
             before.append(normal[name].residual(w0))
             after.append(normal[name].residual(w))
             replace_weights(model, name, w[:-1].T.reshape(weight.shape), w[-1] if bias is not None else None)

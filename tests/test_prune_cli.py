@@ -39,8 +39,10 @@ def test_pipeline_writes_a_reproducible_variant(tiny: Path, tmp_path: Path) -> N
     assert outs[0].read_bytes() == outs[1].read_bytes()
     result = results[0]
     assert result.pruned.params < result.source.params and result.pruned.macs < result.source.macs
-    assert (result.channels_before, result.channels_after) == (20, 12)  # 8 -> 4, and 6 -> 3 rounded to a multiple of 2
+    assert result.pruned.params <= 0.5 * result.source.params  # the ratio counts parameters
+    assert result.channels_after > 0.5 * result.channels_before  # which fall faster than the channels
     manifest = json.loads(outs[0].with_suffix(".json").read_text())
+    assert manifest["steps"][0]["channel_fraction"] == result.channel_fraction
     assert [s["step"] for s in manifest["steps"]] == ["prune", "reconstruct"]
     assert manifest["steps"][0]["ratio"] == 0.5 and manifest["steps"][1]["convs"] == 4
     assert set(manifest["calibration"]["images"]).isdisjoint(manifest["verification"]["images"])
@@ -75,7 +77,7 @@ def test_u2netp_through_the_command(u2netp_path: Path, tmp_path: Path) -> None:
                 "--verify-count", "2", "--cache-dir", str(tmp_path))
     assert proc.returncode == 0, proc.stderr
     out = tmp_path / "u2netp-p50.onnx"
-    assert out.is_file() and out.with_suffix(".ort").is_file() and out.stat().st_size < 0.3 * u2netp_path.stat().st_size
+    assert out.is_file() and out.with_suffix(".ort").is_file() and out.stat().st_size < 0.52 * u2netp_path.stat().st_size
     assert "params" in proc.stdout and "mask SSIM vs unpruned on 2 held-out photos" in proc.stdout
     manifest = json.loads(out.with_suffix(".json").read_text())
     assert manifest["steps"][1] == {**manifest["steps"][1], "enabled": False}

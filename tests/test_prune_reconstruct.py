@@ -9,7 +9,8 @@ import onnx
 from cutq.prune import importance, pruner
 from cutq.prune.activations import Frontier, capture
 from cutq.prune.depgraph import conv_weights, trace
-from cutq.prune.reconstruct import ReconstructConfig, _Geometry, im2col, reconstruct
+from cutq.prune.geometry import Geometry, im2col
+from cutq.prune.reconstruct import ReconstructConfig, reconstruct
 from cutq.quantize.verify import session_for
 
 from .tiny import residual_concat_model
@@ -31,7 +32,7 @@ def test_im2col_reproduces_a_dilated_conv() -> None:
     values = next(capture(model, ["a", "c_1"], CALIB[:1]))
     weight, bias = conv_weights(model)["conv_1"]
     ys, xs = np.array([0, 5, 23, 23]), np.array([0, 23, 0, 11])
-    patches = im2col(values["a"][0], _Geometry.of(node, weight), ys, xs)
+    patches = im2col(values["a"][0], Geometry.of(node, weight), ys, xs)
     expected = values["c_1"][0][:, ys, xs].T
     np.testing.assert_allclose(patches @ weight.reshape(len(weight), -1).T + bias, expected, rtol=1e-4, atol=1e-4)
 
@@ -49,7 +50,7 @@ def test_frontier_gives_the_tensors_of_a_whole_run() -> None:
 def test_refit_beats_slicing_on_held_out_inputs() -> None:
     model = residual_concat_model()
     graph = trace(model)
-    keep = pruner.select(graph, importance.Magnitude(1).scores(model, graph), pruner.PruneConfig(0.5, multiple=1))
+    keep = pruner.select(graph, importance.Magnitude(1).scores(model, graph), 0.5, 1)
     pruned, slices = pruner.apply(model, graph, keep)
     refit, report = reconstruct(model, pruned, slices, CALIB, ReconstructConfig(samples=256))
     assert report.convs == 4 and report.error_refit < report.error_sliced
