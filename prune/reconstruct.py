@@ -16,6 +16,11 @@ inputs that later change lets the errors compound (measured on u2netp at ratio 0
 10 Convs took mask SSIM from 0.84 to 0.17). So the Convs are refit in waves, each wave the next Convs in
 topological order that do not depend on one another, each wave reading its inputs from a `Frontier`, which runs only the
 nodes between the previous wave and this one (about one forward pass in all, not one per wave).
+
+The refit pays off once the pruner compensates the removed channels' means. Without the compensation it
+made u2netp's held-out masks worse (50% of channels per group, l1: SSIM mean 0.845 -> 0.679). With it and the
+activation criterion (30% of channels per group, 49% of the parameters; 16 calibration / 16 held-out
+davis-val photos): SSIM mean 0.710 without refit, 0.825 refitting only the biases, 0.915 refitting both.
 """
 
 from __future__ import annotations
