@@ -98,3 +98,23 @@ def load(paths: Sequence[Path], spec: InputSpec, minimum: int = 1) -> LoadedImag
         detail = "; ".join(skipped) if skipped else "none given"
         raise CutqError(f"only {len(kept)} readable image(s), need at least {minimum} (skipped: {detail})")
     return LoadedImages(tuple(kept), tuple(tensors), tuple(skipped))
+
+
+def calibration_and_verification(calib_dir: str | Path, verify_dir: str | Path | None, calib_count: int,
+                                 verify_count: int, seed: int, spec: InputSpec,
+                                 minimum: int = 2) -> tuple[LoadedImages, LoadedImages]:
+    """Calibration and verification images; never the same scene (or file name) in both.
+
+    Without `verify_dir`, `calib_dir` is split by scene, half for each.
+    """
+    calib_paths = list_images(calib_dir)
+    if verify_dir is not None:
+        verify_paths = list_images(verify_dir)
+        overlap = {p.name for p in calib_paths} & {p.name for p in verify_paths}
+        if overlap:
+            raise CutqError(f"calibration and verification share {len(overlap)} image(s), e.g. {sorted(overlap)[0]}")
+    else:
+        calib_paths, verify_paths = split_by_sequence(calib_paths, 0.5, seed)
+    calib = load(sample(calib_paths, calib_count, seed), spec, minimum)
+    checked = load(sample(verify_paths, verify_count, seed), spec, 1)
+    return calib, checked

@@ -17,7 +17,7 @@ import onnx
 
 from cutq import modelstats
 from cutq_runtime import models
-from cutq_runtime.errors import CutqError, OutputError
+from cutq_runtime.errors import OutputError
 from cutq_runtime.fsutil import file_digest
 
 from . import calibration_set, mixed, verify
@@ -71,18 +71,8 @@ Progress = Callable[[str], None]
 
 
 def _images(job: QuantizeJob, spec: Any) -> tuple[calibration_set.LoadedImages, calibration_set.LoadedImages]:
-    """Calibration and verification images; never the same scene in both."""
-    calib_paths = calibration_set.list_images(job.calib_dir or DEFAULT_CALIB_DIR)
-    if job.verify_dir is not None:
-        verify_paths = calibration_set.list_images(job.verify_dir)
-        overlap = {p.name for p in calib_paths} & {p.name for p in verify_paths}
-        if overlap:
-            raise CutqError(f"calibration and verification share {len(overlap)} image(s), e.g. {sorted(overlap)[0]}")
-    else:
-        calib_paths, verify_paths = calibration_set.split_by_sequence(calib_paths, 0.5, job.seed)
-    calib = calibration_set.load(calibration_set.sample(calib_paths, job.calib_count, job.seed), spec, MIN_IMAGES)
-    checked = calibration_set.load(calibration_set.sample(verify_paths, job.verify_count, job.seed), spec, 1)
-    return calib, checked
+    return calibration_set.calibration_and_verification(job.calib_dir or DEFAULT_CALIB_DIR, job.verify_dir, job.calib_count,
+                                                        job.verify_count, job.seed, spec, MIN_IMAGES)
 
 
 def _latency_ratio(reference: onnx.ModelProto, candidate: onnx.ModelProto, tensor: np.ndarray, runs: int = 5) -> float:

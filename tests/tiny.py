@@ -51,3 +51,48 @@ def two_conv_model(seed: int = 0) -> onnx.ModelProto:
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
     model.ir_version = 8
     return model
+
+
+def residual_concat_model(seed: int = 0, extra_op: str | None = None) -> onnx.ModelProto:
+    """An RSU block in miniature, input [1, 3, H, W] with H, W free:
+
+        conv_in(3->8) relu -> a ---------------------------------------------+
+        a -> conv_1(8->6) relu -> b -> maxpool -> conv_2(6->6) relu -> resize x2 -> c
+        concat(c, b) (12 channels) -> conv_3(12->8) relu -> add(., a) -> conv_side(8->1) -> sigmoid -> y
+
+    `extra_op` (e.g. "Neg") is inserted after conv_1's relu, to make a graph the pruner cannot trace.
+    """
+    rng = np.random.default_rng(seed)
+    shapes = {"in": (8, 3), "1": (6, 8), "2": (6, 6), "3": (8, 12), "side": (1, 8)}
+    inits = [numpy_helper.from_array(np.array([1, 1, 2, 2], np.float32), "scales")]
+    for key, (out_c, in_c) in shapes.items():
+        inits.append(numpy_helper.from_array(rng.standard_normal((out_c, in_c, 3, 3)).astype(np.float32) * 0.4, f"w{key}"))
+        inits.append(numpy_helper.from_array(rng.standard_normal(out_c).astype(np.float32) * 0.1, f"b{key}"))
+
+    def conv(key: str, x: str, y: str) -> onnx.NodeProto:
+        return helper.make_node("Conv", [x, f"w{key}", f"b{key}"], [y], name=f"conv_{key}", pads=[1, 1, 1, 1])
+
+    nodes = [
+        conv("in", "x", "c_in"), helper.make_node("Relu", ["c_in"], ["a"], name="relu_in"),
+        conv("1", "a", "c_1"), helper.make_node("Relu", ["c_1"], ["b"], name="relu_1"),
+        helper.make_node("MaxPool", ["b"], ["p"], name="pool", kernel_shape=[2, 2], strides=[2, 2], ceil_mode=1),
+        conv("2", "p", "c_2"), helper.make_node("Relu", ["c_2"], ["r_2"], name="relu_2"),
+        helper.make_node("Resize", ["r_2", "", "scales"], ["c"], name="up", mode="linear"),
+        helper.make_node("Concat", ["c", "b"], ["cat"], name="cat", axis=1),
+        conv("3", "cat", "c_3"), helper.make_node("Relu", ["c_3"], ["r_3"], name="relu_3"),
+        helper.make_node("Add", ["r_3", "a"], ["s"], name="add"),
+        conv("side", "s", "c_side"), helper.make_node("Sigmoid", ["c_side"], ["y"], name="sigmoid"),
+    ]
+    if extra_op:
+        nodes.insert(4, helper.make_node(extra_op, ["b"], ["b_odd"], name="odd"))
+        nodes[5].input[0] = "b_odd"
+    graph = helper.make_graph(
+        nodes, "rsu_tiny",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, "h", "w"])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 1, "h", "w"])],
+        inits,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    return model

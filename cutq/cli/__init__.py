@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from . import bench, finetune, models, quantize, remove
+from . import bench, finetune, models, prune, quantize, remove
 
 app = typer.Typer(
     help="Quantize, prune, benchmark and run U²-Net background removal on CPU.",
@@ -14,6 +14,7 @@ app = typer.Typer(
 )
 app.command("remove")(remove.remove)
 app.command("quantize")(quantize.quantize)
+app.command("prune")(prune.prune)
 app.command("finetune")(finetune.finetune)
 app.command("bench")(bench.bench)
 app.add_typer(models.app, name="models")

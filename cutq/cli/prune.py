@@ -1,0 +1,75 @@
+"""`cutq prune`: structured channel pruning with least-squares reconstruction, then a summary table."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from cutq.prune.importance import CRITERIA
+from cutq.prune.pipeline import PruneJob, PruneResult, run
+from cutq.prune.pruner import MAX_RATIO, PruneConfig
+from cutq.prune.reconstruct import ReconstructConfig
+
+from .quantize import CALIB_HELP, VERIFY_HELP
+from .ui import CACHE_HELP, err, errors_exit
+
+
+def prune(
+    model: Annotated[str, typer.Option("--model", "-m", help="Variant name (u2net, u2netp, ...) or .onnx path.")],
+    ratio: Annotated[float, typer.Option("--ratio", "-r", help=f"Fraction of the Conv parameters removed, in (0, "
+                                         f"{MAX_RATIO}]: the same fraction of channels (about 1-sqrt(1-R), found "
+                                         "exactly) is removed from every prunable channel group.")],
+    criterion: Annotated[str, typer.Option("--criterion", help=f"Channel importance: {', '.join(CRITERIA)}. activation "
+                                           "(std of the channel on calibration photos x its consumers' weight norm) "
+                                           "ranks what is lost once the channel's mean is compensated in the biases; "
+                                           "on u2netp it beat l1 at every ratio measured.")] = "activation",
+    reconstruct: Annotated[bool, typer.Option("--reconstruct/--no-reconstruct",
+                                              help="Refit each pruned Conv by least squares on the calibration photos.")] = True,
+    out: Annotated[Path | None, typer.Option("--out", "-o", help="Output .onnx (default: cache, as <name>-p<R*100>).")] = None,
+    calib_dir: Annotated[Path | None, typer.Option("--calib-dir", help=CALIB_HELP)] = None,
+    calib_count: Annotated[int, typer.Option("--calib-count", min=2, help="Calibration photos to sample.")] = 16,
+    verify_dir: Annotated[Path | None, typer.Option("--verify-dir", help=VERIFY_HELP)] = None,
+    verify_count: Annotated[int, typer.Option("--verify-count", min=1, help="Verification photos to sample.")] = 16,
+    multiple: Annotated[int, typer.Option("--channel-multiple", min=1, help="Round kept channel counts to this.")] = 4,
+    samples: Annotated[int, typer.Option("--samples", min=16, help="Positions per photo and Conv for the refit.")] = 1024,
+    seed: Annotated[int, typer.Option("--seed", help="Seed for sampling and splitting photos.")] = 0,
+    cache_dir: Annotated[Path | None, typer.Option("--cache-dir", help=CACHE_HELP)] = None,
+) -> None:
+    """Remove channels from every Conv group, move their mean into the next biases, refit what remains; no training."""
+    with errors_exit():
+        job = PruneJob(
+            model=model, prune=PruneConfig(ratio, multiple), criterion=criterion, reconstruct=reconstruct, out=out,
+            calib_dir=calib_dir, calib_count=calib_count, verify_dir=verify_dir, verify_count=verify_count, seed=seed,
+            cache_dir=cache_dir, reconstruction=ReconstructConfig(samples=samples, seed=seed),
+        )
+        with err.status(f"Pruning {model}") as status:
+            result = run(job, progress=lambda message: status.update(f"Pruning {model}: {message}"))
+    print_summary(result)
+
+
+def print_summary(r: PruneResult) -> None:
+    """Before/after: parameters, GMAC, file size; then mask SSIM against the unpruned model."""
+    table = Table(title=f"{r.name}: {r.groups_pruned} channel groups, {r.channels_before} -> {r.channels_after} channels "
+                        f"({r.channel_fraction:.0%} removed per group)")
+    for column in ("", "params", "GMAC @320", "file"):
+        table.add_column(column, no_wrap=True)
+    for label, f in (("source", r.source), ("pruned", r.pruned)):
+        table.add_row(label, f"{f.params / 1e6:.2f} M", f"{f.macs / 1e9:.2f}", f"{f.size_bytes / 1e6:.1f} MB")
+    table.add_row("ratio", *(f"{a / b:.2f}x" for a, b in ((r.pruned.params, r.source.params),
+                                                          (r.pruned.macs, r.source.macs),
+                                                          (r.pruned.size_bytes, r.source.size_bytes))))
+    Console().print(table)
+    f = r.fidelity
+    print(f"mask SSIM vs unpruned on {len(f.ssim_per_image)} held-out photos: min {f.ssim_min:.4f}, "
+          f"mean {f.ssim_mean:.4f}, MAE {f.mae_mean:.4f}")
+    if r.reconstruction is not None:
+        rec = r.reconstruction
+        print(f"reconstruction: {rec.convs} Conv refit in {rec.passes} waves; calibration residual "
+              f"{rec.error_sliced:.3f} -> {rec.error_refit:.3f} (of the target variance)")
+    err.print(f"{r.export.onnx_path} (+ .ort, .json)")
+    for skipped in r.skipped_images:
+        err.print(f"[yellow]skipped:[/yellow] {skipped}")

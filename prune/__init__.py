@@ -1,0 +1,5 @@
+"""`cutq prune`: structured channel pruning of U²-Net on the ONNX graph, with training-free reconstruction.
+
+Three separate concepts, as in Torch-Pruning: the dependency graph (`depgraph`), the importance criterion
+(`importance`) and the pruner (`pruner`); `reconstruct` refits the Convs after pruning, `pipeline` wires them.
+"""

@@ -1,0 +1,133 @@
+"""`cutq prune` as a composition of steps: trace -> score -> select -> prune -> reconstruct -> verify -> export.
+
+This file only wires the steps, measures the result (parameters, MACs, file size, mask SSIM against the
+unpruned model on held-out photos) and records every setting in the manifest, so a variant can be reproduced.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import onnx
+
+from cutq import modelstats
+from cutq.quantize import calibration_set, verify
+from cutq.quantize.export import ExportResult, export
+from cutq.quantize.pipeline import DEFAULT_CALIB_DIR, MIN_IMAGES
+from cutq_runtime import models
+from cutq_runtime.errors import ModelError, OutputError
+from cutq_runtime.fsutil import file_digest
+
+from . import importance, pruner
+from .activations import conv_input_moments
+from .depgraph import conv_weights, trace
+from .reconstruct import ReconstructConfig, ReconstructReport, reconstruct
+
+Progress = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class PruneJob:
+    """Everything `cutq prune` needs; the CLI only fills this in."""
+
+    model: str
+    prune: pruner.PruneConfig
+    criterion: str = "activation"
+    reconstruct: bool = True
+    out: Path | None = None
+    calib_dir: Path | None = None
+    calib_count: int = 16
+    verify_dir: Path | None = None
+    verify_count: int = 16
+    seed: int = 0
+    cache_dir: Path | None = None
+    reconstruction: ReconstructConfig = field(default_factory=ReconstructConfig)
+
+
+@dataclass(frozen=True)
+class ModelFigures:
+    params: int
+    macs: int
+    size_bytes: int
+
+
+@dataclass(frozen=True)
+class PruneResult:
+    name: str
+    source: ModelFigures
+    pruned: ModelFigures
+    groups_pruned: int
+    channels_before: int
+    channels_after: int
+    channel_fraction: float
+    reconstruction: ReconstructReport | None
+    fidelity: verify.Fidelity
+    export: ExportResult
+    skipped_images: tuple[str, ...]
+
+
+def default_name(source: str, ratio: float) -> str:
+    """`u2net` at 0.5 -> `u2net-p50`."""
+    return f"{source}-p{round(ratio * 100)}"
+
+
+def run(job: PruneJob, progress: Progress = lambda message: None) -> PruneResult:
+    """Prune `job.model`; nothing is written unless every step succeeds."""
+    resolved = models.resolve(job.model, models.cache_dir(job.cache_dir))
+    out = (job.out or models.cache_dir(job.cache_dir) / default_name(resolved.name, job.prune.ratio)).with_suffix(".onnx")
+    if out.resolve() == resolved.path.resolve():
+        raise OutputError(f"{out}: is the source model; refusing to overwrite it")
+    if resolved.path.suffix != ".onnx":
+        raise ModelError(f"{resolved.path}: pruning needs the .onnx graph, not an .ort file")
+    from cutq_runtime.session import check_u2net_like
+
+    check_u2net_like(resolved.path)
+    source = onnx.load(resolved.path)
+    graph = trace(source)
+    if not graph.prunable:
+        raise ModelError(f"{resolved.path}: no prunable channels (every Conv feeds an output or the traced graph is empty)")
+    progress("loading images")
+    calib, checked = calibration_set.calibration_and_verification(
+        job.calib_dir or DEFAULT_CALIB_DIR, job.verify_dir, job.calib_count, job.verify_count, job.seed, resolved.input,
+        MIN_IMAGES)
+    progress("measuring channel statistics")
+    consumers = sorted({conv for group in graph.prunable for conv, _ in group.consumers})
+    moments = conv_input_moments(source, consumers, calib.tensors)
+    progress(f"scoring channels ({job.criterion})")
+    scores = importance.criterion(job.criterion, moments).scores(source, graph)
+    fraction = pruner.channel_fraction(graph, {conv: w.shape for conv, (w, _) in conv_weights(source).items()}, job.prune)
+    keep = pruner.select(graph, scores, fraction, job.prune.multiple)
+    model, slices = pruner.apply(source, graph, keep, moments)
+    report = None
+    if job.reconstruct:
+        model, report = reconstruct(source, model, slices, calib.tensors, job.reconstruction, progress)
+    progress("verifying on held-out images")
+    fidelity = verify.compare(verify.masks(verify.session_for(source), checked.tensors),
+                              verify.masks(verify.session_for(model), checked.tensors))
+    before = ModelFigures(modelstats.parameter_count(source), modelstats.conv_macs(source), resolved.path.stat().st_size)
+    params, macs = modelstats.parameter_count(model), modelstats.conv_macs(model)
+    channels = (sum(g.channels for g in graph.prunable), sum(len(k) for k in keep.values()))
+    manifest = {
+        "name": out.stem,
+        "description": f"{resolved.name}, {job.prune.ratio:.0%} of parameters pruned, SSIM mean {fidelity.ssim_mean:.3f} vs FP32",
+        "input": models.input_spec_dict(resolved.input),
+        "source": {"name": resolved.name, "path": str(resolved.path), "sha256": file_digest(resolved.path, "sha256")},
+        "steps": [
+            {"step": "prune", **asdict(job.prune), "criterion": job.criterion, "channel_fraction": fraction,
+             "bias_compensation": True, "groups": len(keep),
+             "channels_before": channels[0], "channels_after": channels[1], "params_before": before.params,
+             "params_after": params, "macs_before": before.macs, "macs_after": macs,
+             "kept": {str(g): k.tolist() for g, k in sorted(keep.items())}},
+            {"step": "reconstruct", "enabled": job.reconstruct, **asdict(job.reconstruction),
+             **(asdict(report) if report else {})},
+        ],
+        "calibration": {"images": [p.name for p in calib.paths], "fingerprint": calib.fingerprint, "seed": job.seed},
+        "verification": {"images": [p.name for p in checked.paths], "fingerprint": checked.fingerprint,
+                         "ssim_min": fidelity.ssim_min, "ssim_mean": fidelity.ssim_mean, "mae_mean": fidelity.mae_mean},
+    }
+    progress("writing files")
+    written = export(model, out, manifest, source=resolved.path)
+    return PruneResult(out.stem, before, ModelFigures(params, macs, written.size_bytes), len(keep), *channels, fraction, report,
+                       fidelity, written, calib.skipped + checked.skipped)

@@ -1,0 +1,86 @@
+"""`cutq prune` end to end: the pipeline on a tiny model (bytes, manifest, determinism), the command line as a
+real process (bad input writes nothing), and the real u2netp through the command."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import onnx
+import pytest
+
+from cutq.prune.pipeline import PruneJob, default_name, run
+from cutq.prune.pruner import PruneConfig
+from cutq.prune.reconstruct import ReconstructConfig
+
+from .conftest import CALIBRATION
+from .tiny import residual_concat_model, save_tiny
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([str(Path(sys.executable).parent / "cutq"), "prune", *args], capture_output=True, text=True,
+                          check=False, env={**os.environ, "COLUMNS": "200"})
+
+
+@pytest.fixture
+def tiny(tmp_path: Path) -> Path:
+    path = tmp_path / "tiny.onnx"
+    onnx.save(residual_concat_model(), path)
+    return path
+
+
+def test_pipeline_writes_a_reproducible_variant(tiny: Path, tmp_path: Path) -> None:
+    outs = [tmp_path / "a" / "tiny-p50.onnx", tmp_path / "b" / "tiny-p50.onnx"]
+    results = [run(PruneJob(model=str(tiny), prune=PruneConfig(0.5, multiple=2), out=out, calib_dir=CALIBRATION,
+                            reconstruction=ReconstructConfig(samples=128))) for out in outs]
+    assert outs[0].read_bytes() == outs[1].read_bytes()
+    result = results[0]
+    assert result.pruned.params < result.source.params and result.pruned.macs < result.source.macs
+    assert result.pruned.params <= 0.5 * result.source.params  # the ratio counts parameters
+    assert result.channels_after > 0.5 * result.channels_before  # which fall faster than the channels
+    manifest = json.loads(outs[0].with_suffix(".json").read_text())
+    assert manifest["steps"][0]["channel_fraction"] == result.channel_fraction
+    assert [s["step"] for s in manifest["steps"]] == ["prune", "reconstruct"]
+    assert manifest["steps"][0]["ratio"] == 0.5 and manifest["steps"][1]["convs"] == 4
+    assert set(manifest["calibration"]["images"]).isdisjoint(manifest["verification"]["images"])
+    assert outs[0].with_suffix(".ort").is_file() and 0 < result.fidelity.ssim_mean <= 1
+
+
+def test_default_name() -> None:
+    assert default_name("u2net", 0.5) == "u2net-p50" and default_name("u2netp", 0.3) == "u2netp-p30"
+
+
+def test_bad_input_is_a_clear_error_and_writes_nothing(tiny: Path, tmp_path: Path) -> None:
+    out = tmp_path / "o.onnx"
+    for ratio, shown in (("0", "got 0.0"), ("0.95", "got 0.95"), ("-0.2", "got -0.2")):
+        proc = _cli("--model", str(tiny), "--ratio", ratio, "--out", str(out), "--calib-dir", str(CALIBRATION))
+        assert proc.returncode == 2 and "--ratio must be in (0, 0.9]" in proc.stderr and shown in proc.stderr
+    proc = _cli("--model", str(save_tiny(tmp_path / "two.onnx", u2net_like=False)), "--ratio", "0.5", "--out", str(out))
+    assert proc.returncode == 2 and "not a U²-Net-like model" in proc.stderr
+    odd = tmp_path / "odd.onnx"
+    onnx.save(residual_concat_model(extra_op="Neg"), odd)
+    proc = _cli("--model", str(odd), "--ratio", "0.5", "--out", str(out))
+    assert proc.returncode == 2 and "Neg node 'odd': cannot trace channels through this op" in proc.stderr
+    proc = _cli("--model", str(tiny), "--ratio", "0.5", "--criterion", "taylor", "--out", str(out))
+    assert proc.returncode == 2 and "unknown criterion 'taylor'" in proc.stderr
+    before = tiny.read_bytes()
+    proc = _cli("--model", str(tiny), "--ratio", "0.5", "--out", str(tiny))
+    assert proc.returncode == 2 and "refusing to overwrite" in proc.stderr and tiny.read_bytes() == before
+    assert not list(tmp_path.glob("o.*")) and not list(tmp_path.glob(".*"))
+
+
+def test_u2netp_through_the_command(u2netp_path: Path, tmp_path: Path) -> None:
+    proc = _cli("--model", str(u2netp_path), "--ratio", "0.5", "--no-reconstruct", "--calib-dir", str(CALIBRATION),
+                "--verify-count", "2", "--cache-dir", str(tmp_path))
+    assert proc.returncode == 0, proc.stderr
+    out = tmp_path / "u2netp-p50.onnx"
+    assert out.is_file() and out.with_suffix(".ort").is_file() and out.stat().st_size < 0.52 * u2netp_path.stat().st_size
+    assert "params" in proc.stdout and "mask SSIM vs unpruned on 2 held-out photos" in proc.stdout
+    manifest = json.loads(out.with_suffix(".json").read_text())
+    assert manifest["steps"][1] == {**manifest["steps"][1], "enabled": False}
+    listed = subprocess.run([str(Path(sys.executable).parent / "cutq"), "models", "list", "--cache-dir", str(tmp_path)],
+                            capture_output=True, text=True, check=False, env={**os.environ, "COLUMNS": "200"})
+    assert "u2netp-p50" in listed.stdout
