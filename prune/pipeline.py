@@ -44,6 +44,7 @@ class PruneJob:
     seed: int = 0
     cache_dir: Path | None = None
     reconstruction: ReconstructConfig = field(default_factory=ReconstructConfig)
+    finetune_epochs: int = 0  # > 0: distil toward the source on the calibration photos (needs the [train] extra)
 
 
 @dataclass(frozen=True)
@@ -103,6 +104,14 @@ def run(job: PruneJob, progress: Progress = lambda message: None) -> PruneResult
     report = None
     if job.reconstruct:
         model, report = reconstruct(source, model, slices, calib.tensors, job.reconstruction, progress)
+    tuned = None
+    if job.finetune_epochs > 0:
+        from cutq.distill.finetune import FinetuneConfig, finetune  # torch: optional, imported only when asked
+
+        progress(f"fine-tuning {job.finetune_epochs} epoch(s)")
+        config = FinetuneConfig(epochs=job.finetune_epochs, seed=job.seed, checkpoint=out.with_suffix(".ckpt"))
+        model, tuned = finetune(model, source, calib.tensors, config,
+                                progress=lambda p: progress(f"fine-tuning: epoch {p.epoch}/{p.epochs}, loss {p.loss:.3f}"))
     progress("verifying on held-out images")
     fidelity = verify.compare(verify.masks(verify.session_for(source), checked.tensors),
                               verify.masks(verify.session_for(model), checked.tensors))
@@ -122,6 +131,8 @@ def run(job: PruneJob, progress: Progress = lambda message: None) -> PruneResult
              "kept": {str(g): k.tolist() for g, k in sorted(keep.items())}},
             {"step": "reconstruct", "enabled": job.reconstruct, **asdict(job.reconstruction),
              **(asdict(report) if report else {})},
+            {"step": "finetune", "epochs": job.finetune_epochs,
+             "epoch_losses": list(tuned.epoch_losses) if tuned else []},
         ],
         "calibration": {"images": [p.name for p in calib.paths], "fingerprint": calib.fingerprint, "seed": job.seed},
         "verification": {"images": [p.name for p in checked.paths], "fingerprint": checked.fingerprint,
@@ -129,5 +140,6 @@ def run(job: PruneJob, progress: Progress = lambda message: None) -> PruneResult
     }
     progress("writing files")
     written = export(model, out, manifest, source=resolved.path)
+    out.with_suffix(".ckpt").unlink(missing_ok=True)  # the fine-tune finished: nothing left to resume
     return PruneResult(out.stem, before, ModelFigures(params, macs, written.size_bytes), len(keep), *channels, fraction, report,
                        fidelity, written, calib.skipped + checked.skipped)

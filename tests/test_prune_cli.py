@@ -43,7 +43,7 @@ def test_pipeline_writes_a_reproducible_variant(tiny: Path, tmp_path: Path) -> N
     assert result.channels_after > 0.5 * result.channels_before  # which fall faster than the channels
     manifest = json.loads(outs[0].with_suffix(".json").read_text())
     assert manifest["steps"][0]["channel_fraction"] == result.channel_fraction
-    assert [s["step"] for s in manifest["steps"]] == ["prune", "reconstruct"]
+    assert [s["step"] for s in manifest["steps"]] == ["prune", "reconstruct", "finetune"]
     assert manifest["steps"][0]["ratio"] == 0.5 and manifest["steps"][1]["convs"] == 4
     assert set(manifest["calibration"]["images"]).isdisjoint(manifest["verification"]["images"])
     assert outs[0].with_suffix(".ort").is_file() and 0 < result.fidelity.ssim_mean <= 1
@@ -84,3 +84,16 @@ def test_u2netp_through_the_command(u2netp_path: Path, tmp_path: Path) -> None:
     listed = subprocess.run([str(Path(sys.executable).parent / "cutq"), "models", "list", "--cache-dir", str(tmp_path)],
                             capture_output=True, text=True, check=False, env={**os.environ, "COLUMNS": "200"})
     assert "u2netp-p50" in listed.stdout
+
+
+def test_finetune_epochs_distil_the_pruned_model(tiny: Path, tmp_path: Path) -> None:
+    pytest.importorskip("torch")
+    plain, tuned = tmp_path / "plain" / "tiny-p50.onnx", tmp_path / "tuned" / "tiny-p50.onnx"
+    job = dict(model=str(tiny), prune=PruneConfig(0.5, multiple=2), calib_dir=CALIBRATION,
+               reconstruction=ReconstructConfig(samples=128))
+    run(PruneJob(**job, out=plain))
+    run(PruneJob(**job, out=tuned, finetune_epochs=1))
+    steps = {s["step"]: s for s in json.loads(tuned.with_suffix(".json").read_text())["steps"]}
+    assert steps["finetune"]["epochs"] == 1 and len(steps["finetune"]["epoch_losses"]) == 1
+    assert plain.read_bytes() != tuned.read_bytes()  # the weights moved
+    assert not tuned.with_suffix(".ckpt").exists()  # finished: no checkpoint left behind

@@ -29,6 +29,9 @@ def prune(
                                            "on u2netp it beat l1 at every ratio measured.")] = "activation",
     reconstruct: Annotated[bool, typer.Option("--reconstruct/--no-reconstruct",
                                               help="Refit each pruned Conv by least squares on the calibration photos.")] = True,
+    finetune_epochs: Annotated[int, typer.Option("--finetune-epochs", min=0, help="Then distil toward the FP32 model's "
+                                                 "side outputs for N epochs on the calibration photos (needs "
+                                                 "`pip install 'cutq[train]'`; resumes from <out>.ckpt).")] = 0,
     out: Annotated[Path | None, typer.Option("--out", "-o", help="Output .onnx (default: cache, as <name>-p<R*100>).")] = None,
     calib_dir: Annotated[Path | None, typer.Option("--calib-dir", help=CALIB_HELP)] = None,
     calib_count: Annotated[int, typer.Option("--calib-count", min=2, help="Calibration photos to sample.")] = 16,
@@ -45,6 +48,7 @@ def prune(
             model=model, prune=PruneConfig(ratio, multiple), criterion=criterion, reconstruct=reconstruct, out=out,
             calib_dir=calib_dir, calib_count=calib_count, verify_dir=verify_dir, verify_count=verify_count, seed=seed,
             cache_dir=cache_dir, reconstruction=ReconstructConfig(samples=samples, seed=seed),
+            finetune_epochs=finetune_epochs,
         )
         with err.status(f"Pruning {model}") as status:
             result = run(job, progress=lambda message: status.update(f"Pruning {model}: {message}"))
