@@ -15,7 +15,6 @@ from typing import Any
 import numpy as np
 import onnx
 
-from cutq import modelstats
 from cutq_runtime import models
 from cutq_runtime.errors import OutputError
 from cutq_runtime.fsutil import file_digest
@@ -26,7 +25,7 @@ from .export import ExportResult, export
 from .graph import GraphConfig, preprocess_graph
 from .opset import OpsetConfig, upgrade_opset
 from .qdq import QuantConfig, quantize_qdq
-from .search import FloatNode, SearchConfig, search, search_input_shape
+from .search import FloatNode, SearchConfig, search
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_CALIB_DIR = ROOT / "calibration_data"
@@ -116,8 +115,7 @@ def run(job: QuantizeJob, progress: Progress = lambda message: None) -> Quantize
     found = search(model, quantized, calib.tensors, job.search,
                    on_step=lambda n, f: progress(f"search: {n} float node(s), calibration SSIM min {f.ssim_min:.4f}"))
     head = tuple(n for n in mixed.output_head(model) if n in set(mixed.float_nodes(found.model)))
-    macs = modelstats.macs_by_conv(model, search_input_shape(model))
-    float_share = sum(macs.get(n, 0) for n in mixed.float_nodes(found.model)) / (sum(macs.values()) or 1)
+    float_share = found.float_mac_share
     progress("verifying on held-out images")
     fidelity = verify.compare(verify.masks(verify.session_for(model), checked.tensors),
                               verify.masks(verify.session_for(found.model), checked.tensors))

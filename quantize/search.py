@@ -52,6 +52,7 @@ class SearchResult:
     float_nodes: tuple[FloatNode, ...]
     fidelity: verify.Fidelity  # on the search images
     reached: bool
+    float_mac_share: float  # share of the model's Conv MACs that run in float (head + chosen nodes)
 
 
 def search(reference: onnx.ModelProto, quantized: onnx.ModelProto, images: Sequence[np.ndarray],
@@ -65,7 +66,7 @@ def search(reference: onnx.ModelProto, quantized: onnx.ModelProto, images: Seque
         return verify.compare(expected, verify.masks(verify.session_for(model), images))
 
     probe = sensitivity.Probe(reference, images[: config.probe_images])
-    macs = modelstats.macs_by_conv(reference, search_input_shape(reference))
+    macs = modelstats.macs_by_conv(reference, _input_shape(reference))
     total = sum(macs.values()) or 1
     current, fidelity = quantized, measure(quantized)
     chosen: list[FloatNode] = []
@@ -89,10 +90,11 @@ def search(reference: onnx.ModelProto, quantized: onnx.ModelProto, images: Seque
         current, fidelity = model, best
         if on_step:
             on_step(len(chosen), fidelity)
-    return SearchResult(current, tuple(chosen), fidelity, fidelity.ssim_min >= config.target_ssim)
+    share = sum(macs.get(n, 0) for n in mixed.float_nodes(current)) / total
+    return SearchResult(current, tuple(chosen), fidelity, fidelity.ssim_min >= config.target_ssim, share)
 
 
-def search_input_shape(model: onnx.ModelProto) -> tuple[int, ...]:
+def _input_shape(model: onnx.ModelProto) -> tuple[int, ...]:
     """The model's fixed input shape; U²-Net's 1x3x320x320 where a dimension is symbolic."""
     dims = model.graph.input[0].type.tensor_type.shape.dim
     fallback = (1, 3, 320, 320)
