@@ -22,6 +22,7 @@ import onnx
 from PIL import Image
 
 from cutq.modelstats import conv_macs, parameter_count
+from cutq.quantize.calibration_set import sequence_of
 from cutq_runtime import images
 from cutq_runtime.errors import CutqError
 
@@ -161,7 +162,10 @@ def run(cfg: BenchConfig, progress: Progress = lambda message: None) -> BenchRep
     if not variants:
         raise CutqError("nothing to benchmark: " + "; ".join(notes))
     eval_dir = cfg.eval_dir or default_eval_dir()
-    items = quality.eval_images(eval_dir, cfg.eval_count)
+    avoid = quality.calibration_scenes([v.model.manifest for v in variants if v.engine == "cutq"])
+    items = quality.eval_images(eval_dir, cfg.eval_count, avoid)
+    if avoid and any(sequence_of(i.path) in avoid for i in items):
+        notes.append("every evaluation photo is from a scene some variant was calibrated on; scores may flatter it")
     timing_paths = pick_evenly([item.path for item in items], cfg.timing_count)
     progress("sizes, parameters and MACs")
     rows = {v.name: _static_row(v) for v in variants}
@@ -193,6 +197,7 @@ def run(cfg: BenchConfig, progress: Progress = lambda message: None) -> BenchRep
     _ratios(rows)
     config = {k: str(v) if isinstance(v, Path) else v for k, v in dataclasses.asdict(cfg).items()}
     image_info = {"eval_dir": str(eval_dir.resolve()), "eval": [i.path.name for i in items],
+                  "calibration_scenes_avoided": sorted(avoid),
                   "timing": [p.name for p in timing_paths], "ground_truth": sum(i.truth is not None for i in items)}
     report = BenchReport(machine, {**config, "eval_dir": str(eval_dir)}, image_info,
                          [rows[r.variant.name] for r in runners], notes, grid=grid)

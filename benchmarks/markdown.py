@@ -28,13 +28,19 @@ def key_ratios(report: BenchReport) -> list[str]:
     return lines
 
 
+def _unseen(images: dict) -> str:
+    avoided = images.get("calibration_scenes_avoided") or []
+    return f"; none from the {len(avoided)} scenes the variants were calibrated on" if avoided else ""
+
+
 def render(report: BenchReport, command: str = "cutq bench --all") -> str:
     machine = report.machine
     load = f"load average {machine.get('load_average_start')} -> {machine.get('load_average_end')}"
     images = report.images
     parts = [
         f"Measured with `{command}` on {describe(machine)} ({load}); {len(images['eval'])} photos from "
-        f"`{images['eval_dir'].rsplit('/', 1)[-1]}` for quality ({images['ground_truth']} with ground truth), "
+        f"`{images['eval_dir'].rsplit('/', 1)[-1]}` for quality ({images['ground_truth']} with ground truth"
+        f"{_unseen(images)}), "
         f"{len(images['timing'])} of them for timing; {report.duration_s:.0f} s in total. "
         "Compare ratios, not milliseconds: absolute times depend on the machine and its load.",
         "",

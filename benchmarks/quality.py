@@ -17,11 +17,24 @@ from PIL import Image
 
 from cutq import metrics
 from cutq.quantize import verify
+from cutq.quantize.calibration_set import sequence_of
 from cutq_runtime import images
 from cutq_runtime.errors import CutqError
 
 from .data import list_images, pick_evenly
 from .runners import Runner
+
+
+def calibration_scenes(manifests: list[dict | None]) -> frozenset[str]:
+    """Scenes of every photo that `cutq quantize` or `cutq prune` calibrated a variant on (from manifests)."""
+    names: list[str] = []
+    for manifest in manifests:
+        manifest = manifest or {}
+        names += (manifest.get("calibration") or {}).get("images", [])  # cutq prune
+        for step in manifest.get("steps", []):
+            if isinstance(step, dict) and step.get("step") == "calibrate":  # cutq quantize
+                names += step.get("images", [])
+    return frozenset(sequence_of(Path(name)) for name in names)
 
 
 @dataclass(frozen=True)
@@ -49,11 +62,17 @@ class Quality:
     truth: GroundTruth | None
 
 
-def eval_images(folder: Path, count: int) -> list[EvalImage]:
-    """`count` photos spread evenly over the sorted folder (`images/` + `masks/`, or a plain folder of photos)."""
+def eval_images(folder: Path, count: int, avoid_scenes: frozenset[str] = frozenset()) -> list[EvalImage]:
+    """`count` photos spread evenly over the sorted folder (`images/` + `masks/`, or a plain folder of photos).
+
+    Photos of `avoid_scenes` (the scenes the variants were calibrated on) are left out, so fidelity and
+    ground-truth scores are measured on photos no variant has seen; when that leaves nothing, all are used.
+    """
     photos = folder / "images" if (folder / "images").is_dir() else folder
     masks = folder / "masks"
-    chosen = pick_evenly(list_images(photos), count) if photos.is_dir() else []
+    listed = list_images(photos) if photos.is_dir() else []
+    unseen = [p for p in listed if sequence_of(p) not in avoid_scenes]
+    chosen = pick_evenly(unseen or listed, count)
     if not chosen:
         raise CutqError(f"{photos}: no photos to evaluate on")
     items = [EvalImage(p, masks / f"{p.stem}.png" if (masks / f"{p.stem}.png").is_file() else None) for p in chosen]

@@ -1,4 +1,4 @@
-"""`cutq quantize` as a composition of steps: opset -> graph -> calibrate -> qdq -> search -> verify -> export.
+"""`cutq quantize` as a composition of steps: opset -> graph -> equalize -> calibrate -> qdq -> search -> verify -> export.
 
 Each step is a plain function in its own module; this file only wires them, measures, and records what
 each did in the manifest, so a variant can be reproduced from it.
@@ -21,6 +21,7 @@ from cutq_runtime.fsutil import file_digest
 
 from . import calibration_set, mixed, verify
 from .calibrate import CalibrationConfig, compute_ranges
+from .equalize import EqualizeConfig, equalize
 from .export import ExportResult, export
 from .graph import GraphConfig, preprocess_graph
 from .opset import OpsetConfig, upgrade_opset
@@ -46,6 +47,7 @@ class QuantizeJob:
     cache_dir: Path | None = None
     opset: OpsetConfig = field(default_factory=OpsetConfig)
     graph: GraphConfig = field(default_factory=GraphConfig)
+    equalize: EqualizeConfig = field(default_factory=EqualizeConfig)
     calibration: CalibrationConfig = field(default_factory=CalibrationConfig)
     quant: QuantConfig = field(default_factory=QuantConfig)
     search: SearchConfig = field(default_factory=SearchConfig)
@@ -64,6 +66,7 @@ class QuantizeResult:
     skipped_images: tuple[str, ...]
     head: tuple[str, ...] = ()  # Convs of the output head, float by design
     float_mac_share: float = 0.0  # share of the model's MACs that run in float (head + search)
+    equalized_channels: int = 0  # outlier channels whose range was moved into the next Convs' weights
 
 
 Progress = Callable[[str], None]
@@ -108,15 +111,18 @@ def run(job: QuantizeJob, progress: Progress = lambda message: None) -> Quantize
     source = onnx.load(resolved.path)
     model, opset_report = upgrade_opset(source, job.opset)
     model, graph_report = preprocess_graph(model, job.graph)
+    progress("equalizing channel ranges")
+    equalized, eq_report = equalize(model, calib.tensors, job.equalize)
     progress(f"calibrating ({job.calibration.method})")
-    ranges = compute_ranges(model, calib.tensors, job.calibration)
+    ranges = compute_ranges(equalized, calib.tensors, job.calibration)
     progress("quantizing")
-    quantized = quantize_qdq(model, ranges, job.quant)
-    found = search(model, quantized, calib.tensors, job.search,
+    quantized = quantize_qdq(equalized, ranges, job.quant)
+    found = search(equalized, quantized, calib.tensors, job.search,
                    on_step=lambda n, f: progress(f"search: {n} float node(s), calibration SSIM min {f.ssim_min:.4f}"))
-    head = tuple(n for n in mixed.output_head(model) if n in set(mixed.float_nodes(found.model)))
+    head = tuple(n for n in mixed.output_head(equalized) if n in set(mixed.float_nodes(found.model)))
     float_share = found.float_mac_share
     progress("verifying on held-out images")
+    # The reference is the float model before equalization: what the user's FP32 model computes.
     fidelity = verify.compare(verify.masks(verify.session_for(model), checked.tensors),
                               verify.masks(verify.session_for(found.model), checked.tensors))
     reached = fidelity.ssim_min >= job.search.target_ssim
@@ -128,6 +134,8 @@ def run(job: QuantizeJob, progress: Progress = lambda message: None) -> Quantize
         "steps": [
             {"step": "opset", **asdict(job.opset), **asdict(opset_report)},
             {"step": "graph", **asdict(job.graph), **asdict(graph_report)},
+            {"step": "equalize", **asdict(job.equalize), "max_output_change": eq_report.max_output_change,
+             "channels": [asdict(c) for c in eq_report.channels]},
             {"step": "calibrate", **asdict(job.calibration), "images": [p.name for p in calib.paths],
              "fingerprint": calib.fingerprint, "seed": job.seed},
             {"step": "quantize", "format": "QDQ", **asdict(job.quant), "float_head_convs": list(head)},
@@ -142,4 +150,5 @@ def run(job: QuantizeJob, progress: Progress = lambda message: None) -> Quantize
     ratio = _latency_ratio(source, found.model, checked.tensors[0])
     written = export(found.model, out, manifest, source=resolved.path)
     return QuantizeResult(resolved.name, resolved.path, written, resolved.path.stat().st_size, fidelity,
-                          found.float_nodes, ratio, reached, calib.skipped + checked.skipped, head, float_share)
+                          found.float_nodes, ratio, reached, calib.skipped + checked.skipped, head, float_share,
+                          len(eq_report.channels))

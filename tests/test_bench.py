@@ -139,3 +139,20 @@ def test_a_bad_ground_truth_mask_stops_the_run_at_once_naming_it(eval_dir: Path,
     err = proc.stderr.decode()
     assert proc.returncode == 2 and "Traceback" not in err
     assert "coffee.png: ground-truth mask is 10x10, its photo coffee.png is 600x400" in " ".join(err.split())
+
+
+def test_evaluation_photos_avoid_the_scenes_variants_were_calibrated_on(tmp_path: Path) -> None:
+    from cutq.benchmarks.quality import calibration_scenes, eval_images
+
+    photos = tmp_path / "images"
+    photos.mkdir()
+    for scene in ("bear", "camel", "dog"):
+        for frame in (0, 10):
+            shutil.copy(CALIBRATION / "coffee.png", photos / f"{scene}_{frame:05d}.png")
+    quantized = {"steps": [{"step": "calibrate", "images": ["bear_00000.png"]}]}
+    pruned = {"calibration": {"images": ["camel_00010.png"]}}
+    scenes = calibration_scenes([quantized, pruned, None])
+    assert scenes == {"bear", "camel"}
+    assert [i.path.name for i in eval_images(tmp_path, 4, scenes)] == ["dog_00000.png", "dog_00010.png"]
+    everything = frozenset({"bear", "camel", "dog"})
+    assert len(eval_images(tmp_path, 6, everything)) == 6  # nothing unseen: all photos, and the run notes it

@@ -10,6 +10,7 @@ from rich.console import Console
 from rich.table import Table
 
 from cutq.quantize.calibrate import METHODS, CalibrationConfig
+from cutq.quantize.equalize import EqualizeConfig
 from cutq.quantize.pipeline import QuantizeJob, QuantizeResult, run
 from cutq.quantize.search import SearchConfig
 from cutq_runtime.errors import CutqError
@@ -17,6 +18,8 @@ from cutq_runtime.errors import CutqError
 from .ui import CACHE_HELP, err, errors_exit
 
 CALIB_HELP = "Calibration photos (default: the bundled calibration_data/). Use photos like the ones you will cut out."
+EQUALIZE_HELP = ("Scale outlier channels down and their consumers' weights up before calibrating (the float model's "
+                 "function is unchanged), so one channel no longer sets a whole tensor's INT8 step.")
 VERIFY_HELP = "Held-out photos to measure fidelity on. Default: split --calib-dir by scene, half for each."
 
 
@@ -30,6 +33,7 @@ def quantize(
     verify_count: Annotated[int, typer.Option("--verify-count", min=1, help="Verification photos to sample.")] = 24,
     method: Annotated[str, typer.Option("--method", help=f"Calibration: {', '.join(METHODS)}.")] = "minmax",
     percentile: Annotated[float, typer.Option("--percentile", help="For --method percentile.")] = 99.999,
+    equalize: Annotated[bool, typer.Option("--equalize/--no-equalize", help=EQUALIZE_HELP)] = True,
     target_ssim: Annotated[float, typer.Option("--target-ssim", min=0, max=1, help="Minimum mask SSIM vs FP32.")] = 0.98,
     max_float_nodes: Annotated[int, typer.Option("--max-float-nodes", min=0, help="Give up after this many.")] = 8,
     seed: Annotated[int, typer.Option("--seed", help="Seed for sampling and splitting photos.")] = 0,
@@ -47,6 +51,7 @@ def quantize(
             job = QuantizeJob(
                 model=name, out=out, calib_dir=calib_dir, calib_count=calib_count, verify_dir=verify_dir,
                 verify_count=verify_count, seed=seed, cache_dir=cache_dir,
+                equalize=EqualizeConfig(enabled=equalize),
                 calibration=CalibrationConfig(method=method, percentile=percentile),
                 search=SearchConfig(target_ssim=target_ssim, max_float_nodes=max_float_nodes),
             )
@@ -80,6 +85,8 @@ def print_summary(results: list[QuantizeResult], target_ssim: float) -> None:
     for r in results:
         err.print(f"{r.export.onnx_path} (+ .ort, .json)")
         err.print(f"  float head: {', '.join(r.head) or 'none'} (side outputs and fusion: their logits set the mask)")
+        if r.equalized_channels:
+            err.print(f"  equalized: {r.equalized_channels} outlier channel(s) scaled into the next Convs' weights")
         for n in r.float_nodes:
             err.print(f"  float: {n.node} (loses {n.drop_db:.1f} dB in INT8; search SSIM min "
                       f"{n.ssim_min_before:.4f} -> {n.ssim_min_after:.4f})")

@@ -1,0 +1,135 @@
+"""Pipeline step: activation range equalization, moving outlier channel ranges into the next Convs' weights.
+
+U²-Net's activations are quantized per tensor, so one channel with a large range sets the step size for
+all the others. u2netp has such channels: after batch-norm folding, Conv_765's channel 14 sits near 226
+on every photo while its neighbours in the same concatenation stay below 70, which leaves those
+neighbours about two bits of resolution. Relu, MaxPool, linear Resize, Concat and residual Add are all
+positively homogeneous, so dividing a channel's producing filter (weights and bias) by s and multiplying
+the matching input channel of every consuming Conv by s leaves the float model's function unchanged
+while shrinking that channel's range s times (cross-layer equalization, Nagel et al. 2019, applied to
+activation ranges). The channels that move together are exactly the pruning groups, so the dependency
+graph of `cutq.prune` is reused; groups that reach the model input or an output are left alone.
+
+Only outliers move: a channel is scaled down to `headroom` times its group's typical range, at most
+`max_scale` times, because the consumers' weights grow by the same factor and their per-channel weight
+scales are set by their largest weight.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import onnx
+from onnx import numpy_helper
+
+from cutq.prune.activations import capture
+from cutq.prune.depgraph import DepGraph, trace
+from cutq_runtime.errors import ModelError
+
+from .verify import session_for
+
+TOLERANCE = 1e-3
+"""Largest output difference (relative to the output's range) the rescaled float model may show."""
+
+
+@dataclass(frozen=True)
+class EqualizeConfig:
+    """Which channels count as outliers and how far they may be scaled."""
+
+    enabled: bool = True
+    quantile: float = 0.75  # a group's typical channel range is this quantile of its channel ranges
+    headroom: float = 2.0  # channels above headroom x typical are scaled down to it
+    max_scale: float = 8.0
+
+
+@dataclass(frozen=True)
+class Scaled:
+    """One equalized channel: the Convs producing it, its index in their output, range before and factor."""
+
+    producers: tuple[str, ...]
+    channel: int
+    range_before: float
+    scale: float
+
+
+@dataclass(frozen=True)
+class EqualizeReport:
+    channels: tuple[Scaled, ...]
+    max_output_change: float = 0.0  # of the float model, relative to its output range: rounding only
+
+
+def channel_ranges(model: onnx.ModelProto, graph: DepGraph, tensors: Sequence[np.ndarray]) -> dict[int, np.ndarray]:
+    """Group -> per-channel max over the calibration images of every tensor a consumer reads it from."""
+    reads = {n.name: n.input[0] for n in model.graph.node if n.op_type == "Conv"}
+    groups = {g.index: g for g in graph.prunable}
+    wanted = sorted({reads[conv] for g in groups.values() for conv, _ in g.consumers})
+    ranges = {g: np.zeros(groups[g].channels) for g in groups}
+    for values in capture(model, wanted, tensors):
+        for index, group in groups.items():
+            for conv, offset in group.consumers:
+                seen = values[reads[conv]][:, offset:offset + group.channels].max(axis=(0, 2, 3))
+                ranges[index] = np.maximum(ranges[index], seen)
+    return ranges
+
+
+def scales_for(ranges: np.ndarray, config: EqualizeConfig) -> np.ndarray:
+    """Per-channel divisors (>= 1): outliers come down to `headroom` x the group's typical range."""
+    typical = float(np.quantile(ranges, config.quantile))
+    if typical <= 0:
+        return np.ones_like(ranges)
+    return np.clip(ranges / (config.headroom * typical), 1.0, config.max_scale)
+
+
+def equalize(model: onnx.ModelProto, tensors: Sequence[np.ndarray],
+             config: EqualizeConfig | None = None) -> tuple[onnx.ModelProto, EqualizeReport]:
+    """A copy of `model` with the same function and outlier channels' ranges moved into consumer weights."""
+    config = config or EqualizeConfig()
+    if not config.enabled:
+        return model, EqualizeReport(())
+    graph = trace(model)
+    ranges = channel_ranges(model, graph, tensors)
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    inits = {t.name: t for t in out.graph.initializer}
+    convs = {n.name: n for n in out.graph.node if n.op_type == "Conv"}
+    arrays: dict[str, np.ndarray] = {}
+
+    def array(name: str) -> np.ndarray:
+        if name not in arrays:
+            arrays[name] = numpy_helper.to_array(inits[name]).astype(np.float32, copy=True)
+        return arrays[name]
+
+    done = []
+    for group in graph.prunable:
+        scale = scales_for(ranges[group.index], config)
+        moved = np.flatnonzero(scale > 1.0)
+        if not len(moved):
+            continue
+        for conv in group.producers:
+            node = convs[conv]
+            array(node.input[1])[moved] /= scale[moved, None, None, None]
+            if len(node.input) > 2 and node.input[2]:
+                array(node.input[2])[moved] /= scale[moved]
+        for conv, offset in group.consumers:
+            array(convs[conv].input[1])[:, offset + moved] *= scale[None, moved, None, None]
+        done += [Scaled(group.producers, int(c), float(ranges[group.index][c]), float(scale[c])) for c in moved]
+    for name, value in arrays.items():
+        inits[name].CopyFrom(numpy_helper.from_array(value, name))
+    change = output_change(model, out, tensors[0])
+    if change > TOLERANCE:
+        raise ModelError(f"range equalization changed the float model's output by {change:.2%} of its range; "
+                         "a channel path holds an op that does not commute with scaling (use --no-equalize)")
+    return out, EqualizeReport(tuple(done), change)
+
+
+def output_change(before: onnx.ModelProto, after: onnx.ModelProto, tensor: np.ndarray) -> float:
+    """Largest difference of any output between two models on one input, relative to that output's range."""
+    feed = before.graph.input[0].name
+    worst = 0.0
+    pairs = zip(session_for(before).run(None, {feed: tensor}), session_for(after).run(None, {feed: tensor}), strict=True)
+    for a, b in pairs:
+        span = float(a.max() - a.min()) or 1.0
+        worst = max(worst, float(np.abs(a - b).max()) / span)
+    return worst
