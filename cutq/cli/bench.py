@@ -9,7 +9,6 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
 from cutq.benchmarks import html_report, markdown
@@ -20,7 +19,7 @@ from cutq_runtime import models
 from cutq_runtime.errors import OutputError
 from cutq_runtime.fsutil import atomic_write_bytes
 
-from .ui import CACHE_HELP, err, errors_exit
+from .ui import CACHE_HELP, err, errors_exit, table_console
 
 EVAL_HELP = "Photos (images/) with ground-truth masks (masks/<stem>.png). Default: ../shared/data/davis-val if present."
 
@@ -94,7 +93,7 @@ def _rich_table(report: BenchReport, columns: tuple[Column, ...], title: str) ->
 
 
 def print_report(report: BenchReport) -> None:
-    console = Console(width=None if sys.stdout.isatty() else 200)  # piped: wide enough for every column
+    console = table_console()
     console.print(_rich_table(report, SPEED, "Speed, size and memory"))
     console.print(_rich_table(report, QUALITY, "Mask quality (vs FP32 at 320x320; GT = ground truth)"))
     for line in markdown.key_ratios(report):

@@ -6,12 +6,11 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
 from cutq_runtime import models
 
-from .ui import CACHE_HELP, DownloadBar, errors_exit
+from .ui import CACHE_HELP, DownloadBar, errors_exit, table_console
 
 app = typer.Typer(help="List, download and import models.", no_args_is_help=True)
 CacheOpt = Annotated[Path | None, typer.Option("--cache-dir", help=CACHE_HELP)]
@@ -27,7 +26,7 @@ def list_(cache_dir: CacheOpt = None) -> None:
         size = f"{info.size_bytes / 1e6:.1f} MB" if info.size_bytes else "-"
         table.add_row(info.name, info.kind, size, str(info.path) if info.path else "[dim]not downloaded[/dim]",
                       info.description)
-    Console().print(table)
+    table_console().print(table)
 
 
 @app.command()

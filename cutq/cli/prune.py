@@ -6,7 +6,6 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
 from cutq.prune.importance import CRITERIA
@@ -15,7 +14,7 @@ from cutq.prune.pruner import MAX_RATIO, PruneConfig
 from cutq.prune.reconstruct import ReconstructConfig
 
 from .quantize import CALIB_HELP, VERIFY_HELP
-from .ui import CACHE_HELP, err, errors_exit
+from .ui import CACHE_HELP, err, errors_exit, table_console
 
 
 def prune(
@@ -66,7 +65,7 @@ def print_summary(r: PruneResult) -> None:
     table.add_row("ratio", *(f"{a / b:.2f}x" for a, b in ((r.pruned.params, r.source.params),
                                                           (r.pruned.macs, r.source.macs),
                                                           (r.pruned.size_bytes, r.source.size_bytes))))
-    Console().print(table)
+    table_console().print(table)
     f = r.fidelity
     print(f"mask SSIM vs unpruned on {len(f.ssim_per_image)} held-out photos: min {f.ssim_min:.4f}, "
           f"mean {f.ssim_mean:.4f}, MAE {f.mae_mean:.4f}")

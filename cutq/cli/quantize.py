@@ -6,7 +6,6 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
 from cutq.quantize.calibrate import METHODS, CalibrationConfig
@@ -15,7 +14,7 @@ from cutq.quantize.pipeline import QuantizeJob, QuantizeResult, run
 from cutq.quantize.search import SearchConfig
 from cutq_runtime.errors import CutqError
 
-from .ui import CACHE_HELP, err, errors_exit
+from .ui import CACHE_HELP, err, errors_exit, table_console
 
 CALIB_HELP = "Calibration photos (default: the bundled calibration_data/). Use photos like the ones you will cut out."
 EQUALIZE_HELP = ("Scale outlier channels down and their consumers' weights up before calibrating (the float model's "
@@ -81,7 +80,7 @@ def print_summary(results: list[QuantizeResult], target_ssim: float) -> None:
             f"{r.latency_ratio:.2f}x", f"{r.fidelity.ssim_min:.4f}{mark}", f"{r.fidelity.ssim_mean:.4f}",
             f"{r.fidelity.mae_mean:.4f}", floats, f"{r.float_mac_share:.1%}",
         )
-    Console().print(table)
+    table_console().print(table)
     for r in results:
         err.print(f"{r.export.onnx_path} (+ .ort, .json)")
         err.print(f"  float head: {', '.join(r.head) or 'none'} (side outputs and fusion: their logits set the mask)")

@@ -22,6 +22,11 @@ from rich.progress import (
 from cutq_runtime.errors import CutqError
 
 err = Console(stderr=True)
+
+
+def table_console() -> Console:
+    """Console for result tables: the terminal's width, or wide enough for every column when piped to a file."""
+    return Console(width=None if sys.stdout.isatty() else 200)
 CACHE_HELP = "Model cache folder (default: $CUTQ_HOME or ~/.cache/cutq)."
 
 
