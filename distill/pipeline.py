@@ -35,6 +35,7 @@ class FinetuneJob:
     verify_count: int = 24
     cache_dir: Path | None = None
     keep_checkpoint: bool = False
+    keep_worse: bool = False  # write the result even when the held-out masks got worse
     config: FinetuneConfig = field(default_factory=FinetuneConfig)
 
 
@@ -71,6 +72,10 @@ def run(job: FinetuneJob, progress: Callable[[StepInfo], None] = lambda info: No
     before = verify.compare(reference, verify.masks(verify.session_for(student), held.tensors))
     tuned, report = finetune(student, teacher, train.tensors, config, progress, note)
     after = verify.compare(reference, verify.masks(verify.session_for(tuned), held.tensors))
+    if after.ssim_mean < before.ssim_mean and not job.keep_worse:
+        raise CutqError(f"fine-tuning made the held-out masks worse (SSIM mean {before.ssim_mean:.4f} -> "
+                        f"{after.ssim_mean:.4f}, min {before.ssim_min:.4f} -> {after.ssim_min:.4f}); nothing written. "
+                        "Try a lower --lr or more --train-count photos (--keep-worse writes it anyway)")
     manifest = {
         "name": out.stem,
         "description": f"{student_ref.name} fine-tuned toward {teacher_ref.name}, SSIM mean {after.ssim_mean:.3f}",

@@ -104,7 +104,7 @@ def run(job: PruneJob, progress: Progress = lambda message: None) -> PruneResult
     report = None
     if job.reconstruct:
         model, report = reconstruct(source, model, slices, calib.tensors, job.reconstruction, progress)
-    tuned = None
+    tuned, untuned, untuned_fidelity = None, model, None
     if job.finetune_epochs > 0:
         from cutq.distill.finetune import FinetuneConfig, finetune  # torch: optional, imported only when asked
 
@@ -113,8 +113,16 @@ def run(job: PruneJob, progress: Progress = lambda message: None) -> PruneResult
         model, tuned = finetune(model, source, calib.tensors, config,
                                 progress=lambda p: progress(f"fine-tuning: epoch {p.epoch}/{p.epochs}, loss {p.loss:.3f}"))
     progress("verifying on held-out images")
-    fidelity = verify.compare(verify.masks(verify.session_for(source), checked.tensors),
-                              verify.masks(verify.session_for(model), checked.tensors))
+    expected = verify.masks(verify.session_for(source), checked.tensors)
+    fidelity = verify.compare(expected, verify.masks(verify.session_for(model), checked.tensors))
+    if tuned is not None:
+        # Distillation on a few photos can overfit or diverge; a fine-tune that makes the held-out masks worse
+        # is not kept (the manifest records both figures).
+        untuned_fidelity = verify.compare(expected, verify.masks(verify.session_for(untuned), checked.tensors))
+        if untuned_fidelity.ssim_mean > fidelity.ssim_mean:
+            progress(f"fine-tuning lowered held-out SSIM mean {untuned_fidelity.ssim_mean:.4f} -> "
+                     f"{fidelity.ssim_mean:.4f}; keeping the model before fine-tuning")
+            model, fidelity, untuned_fidelity = untuned, untuned_fidelity, fidelity
     before = ModelFigures(modelstats.parameter_count(source), modelstats.conv_macs(source), resolved.path.stat().st_size)
     params, macs = modelstats.parameter_count(model), modelstats.conv_macs(model)
     channels = (sum(g.channels for g in graph.prunable), sum(len(k) for k in keep.values()))
@@ -132,7 +140,9 @@ def run(job: PruneJob, progress: Progress = lambda message: None) -> PruneResult
             {"step": "reconstruct", "enabled": job.reconstruct, **asdict(job.reconstruction),
              **(asdict(report) if report else {})},
             {"step": "finetune", "epochs": job.finetune_epochs,
-             "epoch_losses": list(tuned.epoch_losses) if tuned else []},
+             "epoch_losses": list(tuned.epoch_losses) if tuned else [],
+             "kept": tuned is not None and model is not untuned,
+             "other_ssim_mean": untuned_fidelity.ssim_mean if untuned_fidelity else None},
         ],
         "calibration": {"images": [p.name for p in calib.paths], "fingerprint": calib.fingerprint, "seed": job.seed},
         "verification": {"images": [p.name for p in checked.paths], "fingerprint": checked.fingerprint,

@@ -31,6 +31,8 @@ def finetune(
     threads: Annotated[int, typer.Option("--threads", min=0, help="0: every core.")] = FinetuneConfig.threads,
     seed: Annotated[int, typer.Option("--seed")] = 0,
     keep_checkpoint: Annotated[bool, typer.Option("--keep-checkpoint", help="Keep <out>.ckpt after success.")] = False,
+    keep_worse: Annotated[bool, typer.Option("--keep-worse", help="Write the result even if its held-out masks are "
+                                             "further from the teacher's than before fine-tuning.")] = False,
     cache_dir: Annotated[Path | None, typer.Option("--cache-dir", help=CACHE_HELP)] = None,
 ) -> None:
     """Fine-tune STUDENT so its side outputs match TEACHER's on unlabeled photos (needs `pip install 'cutq\\[train]'`).
@@ -39,7 +41,8 @@ def finetune(
     """
     config = FinetuneConfig(epochs=epochs, lr=lr, batch_size=batch_size, seed=seed, bf16=bf16, threads=threads)
     job = FinetuneJob(student=student, teacher=teacher, out=out, images_dir=images_dir, train_count=train_count,
-                      verify_count=verify_count, cache_dir=cache_dir, keep_checkpoint=keep_checkpoint, config=config)
+                      verify_count=verify_count, cache_dir=cache_dir, keep_checkpoint=keep_checkpoint,
+                      keep_worse=keep_worse, config=config)
     bar = Progress(TextColumn("epoch {task.fields[epoch]}"), BarColumn(), MofNCompleteColumn(),
                    TextColumn("loss {task.fields[loss]}"), TimeElapsedColumn(), TimeRemainingColumn(), console=err)
     task = bar.add_task("", total=None, epoch="-", loss="-")
