@@ -45,8 +45,11 @@ def test_variant_files_manifest_and_serving(result: QuantizeResult) -> None:
     written = result.export
     assert written.size_bytes < 0.4 * result.source_size
     manifest = json.loads(written.manifest_path.read_text())
-    assert [s["step"] for s in manifest["steps"]] == ["opset", "graph", "calibrate", "quantize", "mixed_precision"]
-    assert set(manifest["steps"][2]["images"]).isdisjoint(manifest["verification"]["images"])
+    assert [s["step"] for s in manifest["steps"]] == ["opset", "graph", "equalize", "calibrate", "quantize",
+                                                      "mixed_precision"]
+    steps = {s["step"]: s for s in manifest["steps"]}
+    assert set(steps["calibrate"]["images"]).isdisjoint(manifest["verification"]["images"])
+    assert steps["equalize"]["max_output_change"] < 1e-3 and steps["equalize"]["channels"]
     assert manifest["verification"]["ssim_min"] == pytest.approx(result.fidelity.ssim_min)
     assert b"QLinearConv" in written.ort_path.read_bytes()  # INT8 kernels fused in, not Q/DQ around float ops
     photo = (CALIBRATION / "chelsea.png").read_bytes()
