@@ -54,9 +54,10 @@ class BenchConfig:
     rss: bool = True
     rembg: bool = True
     pull: bool = True
+    ort_twins: bool = True  # also time the .ort file beside each variant's .onnx (the same model, another format)
 
 
-QUICK = {"eval_count": 3, "timing_count": 1, "runs": 2, "warmup": 1, "repeats": 1, "grid_count": 3}
+QUICK = {"eval_count": 3, "timing_count": 1, "runs": 2, "warmup": 1, "repeats": 1, "grid_count": 3, "ort_twins": False}
 
 
 def default_eval_dir() -> Path:
@@ -156,7 +157,8 @@ def run(cfg: BenchConfig, progress: Progress = lambda message: None) -> BenchRep
     """Measure every selected variant; anything missing or failing becomes a note in the report."""
     started = time.perf_counter()
     machine = machine_info()
-    selection = select(cfg.cache, list(cfg.models), everything=cfg.everything, pull=cfg.pull, rembg=cfg.rembg)
+    selection = select(cfg.cache, list(cfg.models), everything=cfg.everything, pull=cfg.pull, rembg=cfg.rembg,
+                       ort_twins=cfg.ort_twins)
     notes = list(selection.notes)
     variants = list(selection.variants)
     if not variants:

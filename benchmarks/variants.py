@@ -88,22 +88,29 @@ def _missing_notes(names: set[str], releases: list[str]) -> list[str]:
     return notes
 
 
-def select(cache: Path, named: list[str], *, everything: bool, pull: bool, rembg: bool) -> Selection:
+def select(cache: Path, named: list[str], *, everything: bool, pull: bool, rembg: bool,
+           ort_twins: bool = True) -> Selection:
     """Variants to benchmark: the whole cache with `everything` (an `.ort` beside an `.onnx` is a row of its
-    own, `<name>.ort`), plus `named` ones (names or paths).
+    own, `<name>.ort`, unless `ort_twins` is off), plus `named` ones (names or paths).
 
     Released models are pulled when missing if `pull`; the FP32 reference of every chosen variant is added
     so "vs FP32" can be measured in the same run; with `rembg`, one rembg row per released model present.
     """
     notes: list[str] = []
     wanted: list[str] = []
+    twins = 0
     if everything:
         wanted += list(REGISTRY)
         for info in models.list_models(cache):
             if info.kind == "variant" and info.path is not None:
                 wanted.append(info.name)
                 if info.path.suffix == ".onnx" and info.path.with_suffix(".ort").is_file():
-                    wanted.append(str(info.path.with_suffix(".ort")))  # the form minimal ONNX Runtime builds load
+                    if ort_twins:
+                        wanted.append(str(info.path.with_suffix(".ort")))  # the form minimal ONNX Runtime builds load
+                    else:
+                        twins += 1
+    if twins:
+        notes.append(f"{twins} .ort file(s) beside their .onnx left out (--quick); the full run measures them")
     wanted += [n for n in named if n not in wanted]
     chosen: dict[str, Variant] = {}
     for name in wanted:

@@ -156,3 +156,19 @@ def test_evaluation_photos_avoid_the_scenes_variants_were_calibrated_on(tmp_path
     assert [i.path.name for i in eval_images(tmp_path, 4, scenes)] == ["dog_00000.png", "dog_00010.png"]
     everything = frozenset({"bear", "camel", "dog"})
     assert len(eval_images(tmp_path, 6, everything)) == 6  # nothing unseen: all photos, and the run notes it
+
+
+def test_ort_twins_are_rows_unless_left_out(tmp_path: Path, u2netp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("U2NET_HOME", str(tmp_path / "no-rembg"))
+    monkeypatch.setenv("REMBG_HOME", str(tmp_path / "no-rembg"))
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    (cache / "u2netp.onnx").symlink_to(u2netp_path)
+    model = save_tiny(cache / "u2netp-int8.onnx")
+    write_manifest(model, {"name": "u2netp-int8", "source": {"name": "u2netp"}})
+    shutil.copy(model, model.with_suffix(".ort"))  # only its presence matters to the selection
+    full = select(cache, [], everything=True, pull=False, rembg=False)
+    assert {v.name for v in full.variants} == {"u2netp", "u2netp-int8", "u2netp-int8.ort"}
+    quick = select(cache, [], everything=True, pull=False, rembg=False, ort_twins=False)
+    assert {v.name for v in quick.variants} == {"u2netp", "u2netp-int8"}
+    assert any("1 .ort file(s) beside their .onnx left out" in note for note in quick.notes)
