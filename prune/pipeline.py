@@ -104,7 +104,7 @@ def run(job: PruneJob, progress: Progress = lambda message: None) -> PruneResult
     report = None
     if job.reconstruct:
         model, report = reconstruct(source, model, slices, calib.tensors, job.reconstruction, progress)
-    tuned, untuned, untuned_fidelity = None, model, None
+    tuned, untuned = None, model
     if job.finetune_epochs > 0:
         from cutq.distill.finetune import FinetuneConfig, finetune  # torch: optional, imported only when asked
 
@@ -115,14 +115,15 @@ def run(job: PruneJob, progress: Progress = lambda message: None) -> PruneResult
     progress("verifying on held-out images")
     expected = verify.masks(verify.session_for(source), checked.tensors)
     fidelity = verify.compare(expected, verify.masks(verify.session_for(model), checked.tensors))
+    other = None  # fidelity of the model not written (before or after fine-tuning)
     if tuned is not None:
         # Distillation on a few photos can overfit or diverge; a fine-tune that makes the held-out masks worse
         # is not kept (the manifest records both figures).
-        untuned_fidelity = verify.compare(expected, verify.masks(verify.session_for(untuned), checked.tensors))
-        if untuned_fidelity.ssim_mean > fidelity.ssim_mean:
-            progress(f"fine-tuning lowered held-out SSIM mean {untuned_fidelity.ssim_mean:.4f} -> "
+        other = verify.compare(expected, verify.masks(verify.session_for(untuned), checked.tensors))
+        if other.ssim_mean > fidelity.ssim_mean:
+            progress(f"fine-tuning lowered held-out SSIM mean {other.ssim_mean:.4f} -> "
                      f"{fidelity.ssim_mean:.4f}; keeping the model before fine-tuning")
-            model, fidelity, untuned_fidelity = untuned, untuned_fidelity, fidelity
+            model, fidelity, other = untuned, other, fidelity
     before = ModelFigures(modelstats.parameter_count(source), modelstats.conv_macs(source), resolved.path.stat().st_size)
     params, macs = modelstats.parameter_count(model), modelstats.conv_macs(model)
     channels = (sum(g.channels for g in graph.prunable), sum(len(k) for k in keep.values()))
@@ -142,7 +143,7 @@ def run(job: PruneJob, progress: Progress = lambda message: None) -> PruneResult
             {"step": "finetune", "epochs": job.finetune_epochs,
              "epoch_losses": list(tuned.epoch_losses) if tuned else [],
              "kept": tuned is not None and model is not untuned,
-             "other_ssim_mean": untuned_fidelity.ssim_mean if untuned_fidelity else None},
+             "other_ssim_mean": other.ssim_mean if other else None},
         ],
         "calibration": {"images": [p.name for p in calib.paths], "fingerprint": calib.fingerprint, "seed": job.seed},
         "verification": {"images": [p.name for p in checked.paths], "fingerprint": checked.fingerprint,
