@@ -10,9 +10,13 @@ while shrinking that channel's range s times (cross-layer equalization, Nagel et
 activation ranges). The channels that move together are exactly the pruning groups, so the dependency
 graph of `cutq.prune` is reused; groups that reach the model input or an output are left alone.
 
-Only outliers move: a channel is scaled down to `headroom` times its group's typical range, at most
+Only outliers move: a channel is scaled down to `headroom` times the typical range around it, at most
 `max_scale` times, because the consumers' weights grow by the same factor and their per-channel weight
-scales are set by their largest weight.
+scales are set by their largest weight. "Around it" is judged twice, among its group's channels and
+among all channels of each tensor a consumer Conv reads it from (with its own, looser headroom), and the
+larger scale wins. The second view matters at U²-Net's decoder Concats, where one branch can be several
+times louder than the other one: it then sets the Concat's shared 8-bit step and the quiet branch loses
+two or more bits.
 """
 
 from __future__ import annotations
@@ -25,7 +29,7 @@ import onnx
 from onnx import numpy_helper
 
 from cutq.prune.activations import capture
-from cutq.prune.depgraph import DepGraph, trace
+from cutq.prune.depgraph import DepGraph, Group, trace
 from cutq_runtime.errors import ModelError
 
 from .verify import session_for
@@ -40,7 +44,11 @@ class EqualizeConfig:
 
     enabled: bool = True
     quantile: float = 0.75  # a group's typical channel range is this quantile of its channel ranges
-    headroom: float = 2.0  # channels above headroom x typical are scaled down to it
+    headroom: float = 2.0  # channels above headroom x their group's typical range are scaled down to it
+    # the same within each tensor a Conv reads; looser, because it scales whole branches of a Concat and
+    # leaves the quiet branch less room on photos unlike the calibration ones (3 was best on the held-out
+    # davis-val photos for u2net, 2 for u2netp; see the README)
+    tensor_headroom: float = 3.0
     max_scale: float = 8.0
 
 
@@ -60,26 +68,51 @@ class EqualizeReport:
     max_output_change: float = 0.0  # of the float model, relative to its output range: rounding only
 
 
-def channel_ranges(model: onnx.ModelProto, graph: DepGraph, tensors: Sequence[np.ndarray]) -> dict[int, np.ndarray]:
-    """Group -> per-channel max over the calibration images of every tensor a consumer reads it from."""
+@dataclass(frozen=True)
+class Ranges:
+    """Per-channel max over the calibration images: of each group (over every tensor a consumer reads it
+    from), and of each whole tensor that a Conv reads."""
+
+    groups: dict[int, np.ndarray]
+    tensors: dict[str, np.ndarray]
+    reads: dict[str, str]  # Conv -> the tensor it reads
+
+    def scales(self, group: Group, config: EqualizeConfig) -> np.ndarray:
+        """Per-channel divisors (>= 1): the largest asked for by the group's own channels or by any tensor
+        a consumer reads the group from, each judged against its own typical range."""
+        scale = scales_for(self.groups[group.index], _typical(self.groups[group.index], config), config)
+        for conv, offset in group.consumers:
+            tensor = self.tensors[self.reads[conv]]
+            seen = tensor[offset:offset + group.channels]
+            scale = np.maximum(scale, scales_for(seen, _typical(tensor, config), config, config.tensor_headroom))
+        return scale
+
+
+def _typical(ranges: np.ndarray, config: EqualizeConfig) -> float:
+    return float(np.quantile(ranges, config.quantile))
+
+
+def channel_ranges(model: onnx.ModelProto, graph: DepGraph, tensors: Sequence[np.ndarray]) -> Ranges:
+    """Per-channel ranges of every prunable group and of every tensor their consumers read."""
     reads = {n.name: n.input[0] for n in model.graph.node if n.op_type == "Conv"}
     groups = {g.index: g for g in graph.prunable}
     wanted = sorted({reads[conv] for g in groups.values() for conv, _ in g.consumers})
-    ranges = {g: np.zeros(groups[g].channels) for g in groups}
+    whole: dict[str, np.ndarray] = {}
     for values in capture(model, wanted, tensors):
-        for index, group in groups.items():
-            for conv, offset in group.consumers:
-                seen = values[reads[conv]][:, offset:offset + group.channels].max(axis=(0, 2, 3))
-                ranges[index] = np.maximum(ranges[index], seen)
-    return ranges
+        for name in wanted:
+            seen = values[name].max(axis=(0, 2, 3))
+            whole[name] = np.maximum(whole[name], seen) if name in whole else seen
+    ranges = {index: np.max([whole[reads[conv]][offset:offset + group.channels] for conv, offset in group.consumers],
+                            axis=0) if group.consumers else np.zeros(group.channels)
+              for index, group in groups.items()}
+    return Ranges(ranges, whole, reads)
 
 
-def scales_for(ranges: np.ndarray, config: EqualizeConfig) -> np.ndarray:
-    """Per-channel divisors (>= 1): outliers come down to `headroom` x the group's typical range."""
-    typical = float(np.quantile(ranges, config.quantile))
+def scales_for(ranges: np.ndarray, typical: float, config: EqualizeConfig, headroom: float | None = None) -> np.ndarray:
+    """Per-channel divisors (>= 1): channels above `headroom` x `typical` come down to it."""
     if typical <= 0:
         return np.ones_like(ranges)
-    return np.clip(ranges / (config.headroom * typical), 1.0, config.max_scale)
+    return np.clip(ranges / ((headroom or config.headroom) * typical), 1.0, config.max_scale)
 
 
 def equalize(model: onnx.ModelProto, tensors: Sequence[np.ndarray],
@@ -103,7 +136,7 @@ def equalize(model: onnx.ModelProto, tensors: Sequence[np.ndarray],
 
     done = []
     for group in graph.prunable:
-        scale = scales_for(ranges[group.index], config)
+        scale = ranges.scales(group, config)
         moved = np.flatnonzero(scale > 1.0)
         if not len(moved):
             continue
@@ -114,7 +147,7 @@ def equalize(model: onnx.ModelProto, tensors: Sequence[np.ndarray],
                 array(node.input[2])[moved] /= scale[moved]
         for conv, offset in group.consumers:
             array(convs[conv].input[1])[:, offset + moved] *= scale[None, moved, None, None]
-        done += [Scaled(group.producers, int(c), float(ranges[group.index][c]), float(scale[c])) for c in moved]
+        done += [Scaled(group.producers, int(c), float(ranges.groups[group.index][c]), float(scale[c])) for c in moved]
     for name, value in arrays.items():
         inits[name].CopyFrom(numpy_helper.from_array(value, name))
     change = output_change(model, out, tensors[0])

@@ -1,4 +1,5 @@
-"""`cutq quantize` as a composition of steps: opset -> graph -> equalize -> calibrate -> qdq -> search -> verify -> export.
+"""`cutq quantize` as a composition of steps: opset -> graph -> equalize -> calibrate -> qdq -> search -> thin
+-> verify -> export.
 
 Each step is a plain function in its own module; this file only wires them, measures, and records what
 each did in the manifest, so a variant can be reproduced from it.
@@ -27,6 +28,7 @@ from .graph import GraphConfig, preprocess_graph
 from .opset import OpsetConfig, upgrade_opset
 from .qdq import QuantConfig, quantize_qdq
 from .search import FloatNode, SearchConfig, search
+from .thin import ThinConfig, split_thin_convs
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_CALIB_DIR = ROOT / "calibration_data"
@@ -51,6 +53,7 @@ class QuantizeJob:
     calibration: CalibrationConfig = field(default_factory=CalibrationConfig)
     quant: QuantConfig = field(default_factory=QuantConfig)
     search: SearchConfig = field(default_factory=SearchConfig)
+    thin: ThinConfig = field(default_factory=ThinConfig)
 
 
 @dataclass(frozen=True)
@@ -121,10 +124,11 @@ def run(job: QuantizeJob, progress: Progress = lambda message: None) -> Quantize
                    on_step=lambda n, f: progress(f"search: {n} float node(s), calibration SSIM min {f.ssim_min:.4f}"))
     head = tuple(n for n in mixed.output_head(equalized) if n in set(mixed.float_nodes(found.model)))
     float_share = found.float_mac_share
+    final, thin = split_thin_convs(found.model, job.thin)
     progress("verifying on held-out images")
     # The reference is the float model before equalization: what the user's FP32 model computes.
     fidelity = verify.compare(verify.masks(verify.session_for(model), checked.tensors),
-                              verify.masks(verify.session_for(found.model), checked.tensors))
+                              verify.masks(verify.session_for(final), checked.tensors))
     reached = fidelity.ssim_min >= job.search.target_ssim
     manifest = {
         "name": out.with_suffix("").name,
@@ -141,14 +145,15 @@ def run(job: QuantizeJob, progress: Progress = lambda message: None) -> Quantize
             {"step": "quantize", "format": "QDQ", **asdict(job.quant), "float_head_convs": list(head)},
             {"step": "mixed_precision", **asdict(job.search),
              "float_nodes": [asdict(n) for n in found.float_nodes], "float_mac_share": float_share},
+            {"step": "thin_convs", **asdict(job.thin), "split": list(thin)},
         ],
         "verification": {"images": [p.name for p in checked.paths], "fingerprint": checked.fingerprint,
                          "ssim_min": fidelity.ssim_min, "ssim_mean": fidelity.ssim_mean, "mae_mean": fidelity.mae_mean,
                          "target_ssim": job.search.target_ssim, "reached": reached},
     }
     progress("measuring latency and writing files")
-    ratio = _latency_ratio(source, found.model, checked.tensors[0])
-    written = export(found.model, out, manifest, source=resolved.path)
+    ratio = _latency_ratio(source, final, checked.tensors[0])
+    written = export(final, out, manifest, source=resolved.path)
     return QuantizeResult(resolved.name, resolved.path, written, resolved.path.stat().st_size, fidelity,
                           found.float_nodes, ratio, reached, calib.skipped + checked.skipped, head, float_share,
                           len(eq_report.channels))

@@ -18,7 +18,7 @@ from onnxruntime.quantization.calibrate import TensorsData, save_tensors_data
 
 from cutq_runtime.errors import CutqError
 
-from .mixed import keep_float, output_head
+from .mixed import keep_float, output_head, read_quantized
 
 TYPES = {"s8": QuantType.QInt8, "u8": QuantType.QUInt8}
 
@@ -53,9 +53,13 @@ def quantize_qdq(model: onnx.ModelProto, ranges: TensorsData, config: QuantConfi
         root.setLevel(level)
     if not config.float_head:
         return quantized
-    # Excluded nodes still read their inputs through Q/DQ; the head's Convs read the float features.
+    # Excluded nodes still read their inputs through Q/DQ; the head's Convs read the float features,
+    # except where those are quantized for another reader anyway (see `read_quantized`).
     head = set(output_head(model))
-    return keep_float(quantized, model, [n.name for n in model.graph.node if n.op_type == "Conv" and n.name in head])
+    convs = [n.name for n in model.graph.node if n.op_type == "Conv" and n.name in head]
+    floated = keep_float(quantized, model, convs)
+    read_quantized(floated, convs)
+    return floated
 
 
 def _quantize(model: onnx.ModelProto, ranges: TensorsData, config: QuantConfig) -> onnx.ModelProto:

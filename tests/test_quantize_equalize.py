@@ -19,22 +19,32 @@ OUTLIER = 3  # conv_1's output channel 3 (read by conv_2 and, through the concat
 FACTOR = 40.0
 
 
-def _with_outlier() -> onnx.ModelProto:
-    """The same function as `residual_concat_model`, but conv_1's channel 3 is 40x larger and its readers
-    compensate: what batch-norm folding leaves behind in U²-Net."""
+def _scaled(changes: list[tuple[str, tuple, float]]) -> onnx.ModelProto:
+    """`residual_concat_model` with some initializer slices multiplied by factors."""
     model = residual_concat_model()
     inits = {t.name: t for t in model.graph.initializer}
-
-    def scale(name: str, index: tuple, factor: float) -> None:
+    for name, index, factor in changes:
         value = numpy_helper.to_array(inits[name]).copy()
         value[index] *= factor
         inits[name].CopyFrom(numpy_helper.from_array(value, name))
-
-    scale("w1", (OUTLIER,), FACTOR)
-    scale("b1", (OUTLIER,), FACTOR)
-    scale("w2", (slice(None), OUTLIER), 1 / FACTOR)
-    scale("w3", (slice(None), 6 + OUTLIER), 1 / FACTOR)  # b sits after c's 6 channels in the concat
     return model
+
+
+def _with_outlier() -> onnx.ModelProto:
+    """The same function as `residual_concat_model`, but conv_1's channel 3 is 40x larger and its readers
+    compensate: what batch-norm folding leaves behind in U²-Net."""
+    return _scaled([("w1", (OUTLIER,), FACTOR), ("b1", (OUTLIER,), FACTOR),
+                    ("w2", (slice(None), OUTLIER), 1 / FACTOR),
+                    ("w3", (slice(None), 6 + OUTLIER), 1 / FACTOR)])  # b sits after c's 6 channels in the concat
+
+
+LOUD = slice(0, 2)  # conv_2's channels 0-1: a third of conv_2's group, a sixth of the concat conv_3 reads
+
+
+def _with_loud_branch() -> onnx.ModelProto:
+    """conv_2's channels 0-1 are 12x larger, conv_3 compensates: within conv_2's own channels they are
+    typical, but they set the step of the concat, as the upsampled branch does in u2netp's last decoder."""
+    return _scaled([("w2", (LOUD,), 12.0), ("b2", (LOUD,), 12.0), ("w3", (slice(None), LOUD), 1 / 12.0)])
 
 
 def _outputs(model: onnx.ModelProto) -> list[np.ndarray]:
@@ -54,22 +64,37 @@ def test_equalize_keeps_the_function_and_shrinks_the_outlier() -> None:
     assert report.max_output_change < 1e-4
     assert [(c.producers, c.channel) for c in report.channels if c.channel == OUTLIER] == [(("conv_1",), OUTLIER)]
     group = _group_of_conv_1(model)
-    before = channel_ranges(model, trace(model), INPUTS)[group]
-    after = channel_ranges(equalized, trace(equalized), INPUTS)[group]
+    before = channel_ranges(model, trace(model), INPUTS).groups[group]
+    after = channel_ranges(equalized, trace(equalized), INPUTS).groups[group]
     assert after[OUTLIER] < before[OUTLIER] / 4
     others = np.arange(len(before)) != OUTLIER
     np.testing.assert_allclose(after[others], before[others], rtol=1e-5)
+
+
+def _int8_error(model: onnx.ModelProto, reference: list[np.ndarray]) -> float:
+    quantized = quantize_qdq(model, compute_ranges(model, INPUTS), QuantConfig(float_head=False))
+    return float(np.mean([np.abs(q - r).mean() for q, r in zip(_outputs(quantized), reference, strict=True)]))
 
 
 def test_equalize_brings_int8_closer_to_float() -> None:
     model = _with_outlier()
     equalized, _ = equalize(model, INPUTS)
     reference = _outputs(model)
-    errors = []
-    for candidate in (model, equalized):
-        quantized = quantize_qdq(candidate, compute_ranges(candidate, INPUTS), QuantConfig(float_head=False))
-        errors.append(np.mean([np.abs(q - r).mean() for q, r in zip(_outputs(quantized), reference, strict=True)]))
+    errors = [_int8_error(candidate, reference) for candidate in (model, equalized)]
     assert errors[1] < errors[0] / 2, errors
+
+
+def test_equalize_quiets_a_loud_concat_branch() -> None:
+    """Typical within their own group, the loud channels are outliers in the concat's shared range."""
+    model = _with_loud_branch()
+    equalized, report = equalize(model, INPUTS)
+    for before, after in zip(_outputs(model), _outputs(equalized), strict=True):
+        np.testing.assert_allclose(after, before, atol=1e-5)
+    moved = {c.channel: c.scale for c in report.channels if c.producers == ("conv_2",)}
+    assert sorted(moved) == [0, 1] and min(moved.values()) > 3, moved
+    reference = _outputs(model)
+    errors = [_int8_error(candidate, reference) for candidate in (model, equalized)]
+    assert errors[1] < errors[0] * 0.8, errors
 
 
 def test_equalize_disabled_or_without_outliers_changes_nothing() -> None:

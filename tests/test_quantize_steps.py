@@ -6,13 +6,16 @@ from pathlib import Path
 
 import numpy as np
 import onnx
+import onnxruntime as ort
 import pytest
+from onnx import TensorProto, helper, numpy_helper
 
 from cutq import metrics
 from cutq.quantize import mixed, sensitivity, verify
 from cutq.quantize.calibrate import CalibrationConfig, compute_ranges
 from cutq.quantize.export import export
 from cutq.quantize.qdq import QuantConfig, quantize_qdq
+from cutq.quantize.thin import ThinConfig, split_thin_convs
 from cutq_runtime import OutputError, models, new_session
 from cutq_runtime.errors import CutqError
 
@@ -69,6 +72,75 @@ def test_output_head_stays_float() -> None:
     producers = {o: n.op_type for n in qdq.graph.node for o in n.output}
     assert producers["y"] == "Sigmoid" and producers["b"] == "Conv"  # no Q/DQ after the head's Conv
     assert producers[next(n for n in qdq.graph.node if n.name == "conv_a").input[0]] == "DequantizeLinear"
+
+
+def _shared_feature_model() -> onnx.ModelProto:
+    """Like a U²-Net decoder stage: a residual sum feeds a float side-output Conv and, through a MaxPool,
+    the rest of the (quantized) network."""
+    rng = np.random.default_rng(3)
+
+    def conv(name: str, x: str, y: str, cin: int, cout: int) -> list:
+        w = numpy_helper.from_array(rng.standard_normal((cout, cin, 3, 3)).astype(np.float32) * 0.3, f"w_{name}")
+        return [helper.make_node("Conv", [x, w.name], [y], name=name, pads=[1, 1, 1, 1]), w]
+
+    parts = [conv("conv_a", "x", "ca", 3, 4), conv("conv_b", "a", "cb", 4, 4), conv("side", "s", "y1", 4, 1),
+             conv("conv_c", "p", "cc", 4, 4), conv("side_2", "c", "y2", 4, 1)]
+    nodes = [parts[0][0], helper.make_node("Relu", ["ca"], ["a"], name="relu_a"), parts[1][0],
+             helper.make_node("Relu", ["cb"], ["b"], name="relu_b"), helper.make_node("Add", ["a", "b"], ["s"], name="add"),
+             parts[2][0], helper.make_node("MaxPool", ["s"], ["p"], name="pool", kernel_shape=[2, 2], strides=[2, 2]),
+             parts[3][0], helper.make_node("Relu", ["cc"], ["c"], name="relu_c"), parts[4][0]]
+    graph = helper.make_graph(nodes, "shared", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 16, 16])],
+                              [helper.make_tensor_value_info(y, TensorProto.FLOAT, None) for y in ("y1", "y2")],
+                              [p[1] for p in parts])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    return model
+
+
+def test_float_head_reads_features_already_quantized_for_others(tmp_path: Path) -> None:
+    """The side Conv reads the residual sum through the Q/DQ the MaxPool path needs anyway, so ONNX
+    Runtime runs the Add as one INT8 op instead of in float."""
+    model = _shared_feature_model()
+    assert mixed.output_head(model) == ["side", "side_2"]
+    qdq = quantize_qdq(model, compute_ranges(model, INPUTS))
+    assert mixed.float_nodes(qdq) == ["side", "side_2"]
+    producers = {o: n.op_type for n in qdq.graph.node for o in n.output}
+    side = next(n for n in qdq.graph.node if n.name == "side")
+    assert producers[side.input[0]] == "DequantizeLinear" and side.input[1] not in producers
+    options = ort.SessionOptions()
+    options.optimized_model_filepath = str(tmp_path / "optimized.onnx")
+    ort.InferenceSession(qdq.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    fused = [n.op_type for n in onnx.load(options.optimized_model_filepath).graph.node]
+    assert "QLinearAdd" in fused and "Add" not in fused, fused
+    for a, b in zip(_run_all(model), _run_all(qdq), strict=True):
+        assert np.abs(a - b).max() < 0.05 * (np.ptp(a) or 1.0)
+
+
+def _run_all(model: onnx.ModelProto) -> list[np.ndarray]:
+    session = verify.session_for(model)
+    return [y for x in INPUTS for y in session.run(None, {"x": x})]
+
+
+@pytest.mark.parametrize(("outputs", "attrs"), [(1, {"pads": [1, 1, 1, 1]}),
+                                                (2, {"pads": [0, 1, 2, 1], "strides": [2, 1], "dilations": [1, 2]})])
+def test_thin_conv_split_is_exact(outputs: int, attrs: dict) -> None:
+    rng = np.random.default_rng(5)
+    w = numpy_helper.from_array(rng.standard_normal((outputs, 24, 3, 3)).astype(np.float32), "w")
+    b = numpy_helper.from_array(rng.standard_normal(outputs).astype(np.float32), "b")
+    conv = helper.make_node("Conv", ["x", "w", "b"], ["y"], name="side", kernel_shape=[3, 3], **attrs)
+    graph = helper.make_graph([conv], "thin", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 24, 11, 13])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], [w, b])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    split, names = split_thin_convs(model)
+    assert names == ("side",) and [n.op_type for n in split.graph.node] == ["Conv", "Conv"]
+    assert sorted(i.name for i in split.graph.initializer) == ["b", "side_tap_sum", "side_tap_weights"]
+    x = rng.standard_normal((1, 24, 11, 13)).astype(np.float32)
+    before, after = (verify.session_for(m).run(None, {"x": x})[0] for m in (model, split))
+    assert before.shape == after.shape
+    np.testing.assert_allclose(after, before, rtol=1e-5, atol=1e-4)
+    assert split_thin_convs(model, ThinConfig(max_outputs=outputs - 1))[1] == ()
+    assert split_thin_convs(model, ThinConfig(enabled=False))[0] is model
 
 
 def test_sensitivity_ranks_every_conv(quantized) -> None:

@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from cutq.quantize.equalize import EqualizeConfig
 from cutq.quantize.pipeline import QuantizeJob, QuantizeResult, run
 from cutq_runtime import new_session, remove
 
@@ -24,7 +25,8 @@ def result(u2netp_path: Path, tmp_path_factory: pytest.TempPathFactory) -> Quant
     if davis is None:
         pytest.skip("needs davis-val for a scene-split calibration/verification set")
     out = tmp_path_factory.mktemp("q") / "u2netp-int8.onnx"
-    return run(QuantizeJob(model=str(u2netp_path), out=out, calib_dir=davis))
+    # as `make quantize` does for u2netp
+    return run(QuantizeJob(model=str(u2netp_path), out=out, calib_dir=davis, equalize=EqualizeConfig(tensor_headroom=2.0)))
 
 
 def test_fidelity_on_held_out_photos(result: QuantizeResult) -> None:
@@ -46,10 +48,12 @@ def test_variant_files_manifest_and_serving(result: QuantizeResult) -> None:
     assert written.size_bytes < 0.4 * result.source_size
     manifest = json.loads(written.manifest_path.read_text())
     assert [s["step"] for s in manifest["steps"]] == ["opset", "graph", "equalize", "calibrate", "quantize",
-                                                      "mixed_precision"]
+                                                      "mixed_precision", "thin_convs"]
     steps = {s["step"]: s for s in manifest["steps"]}
+    assert "Conv_945" in steps["thin_convs"]["split"]  # the full-resolution side-output Conv, 64 -> 1 channel
     assert set(steps["calibrate"]["images"]).isdisjoint(manifest["verification"]["images"])
     assert steps["equalize"]["max_output_change"] < 1e-3 and steps["equalize"]["channels"]
+    assert steps["equalize"]["tensor_headroom"] == 2.0
     assert manifest["verification"]["ssim_min"] == pytest.approx(result.fidelity.ssim_min)
     assert b"QLinearConv" in written.ort_path.read_bytes()  # INT8 kernels fused in, not Q/DQ around float ops
     photo = (CALIBRATION / "chelsea.png").read_bytes()

@@ -19,6 +19,9 @@ from .ui import CACHE_HELP, err, errors_exit, table_console
 CALIB_HELP = "Calibration photos (default: the bundled calibration_data/). Use photos like the ones you will cut out."
 EQUALIZE_HELP = ("Scale outlier channels down and their consumers' weights up before calibrating (the float model's "
                  "function is unchanged), so one channel no longer sets a whole tensor's INT8 step.")
+TENSOR_HEADROOM_HELP = ("Equalization also scales down a channel (or a whole Concat branch) louder than this times the "
+                        "typical channel of a tensor a Conv reads. Lower moves more: finer INT8 steps on photos like the "
+                        "calibration ones, less room on unlike ones (u2netp: 2, u2net: 3; see the README).")
 VERIFY_HELP = "Held-out photos to measure fidelity on. Default: split --calib-dir by scene, half for each."
 
 
@@ -33,6 +36,7 @@ def quantize(
     method: Annotated[str, typer.Option("--method", help=f"Calibration: {', '.join(METHODS)}.")] = "minmax",
     percentile: Annotated[float, typer.Option("--percentile", help="For --method percentile.")] = 99.999,
     equalize: Annotated[bool, typer.Option("--equalize/--no-equalize", help=EQUALIZE_HELP)] = True,
+    tensor_headroom: Annotated[float, typer.Option("--tensor-headroom", min=1.0, help=TENSOR_HEADROOM_HELP)] = 3.0,
     target_ssim: Annotated[float, typer.Option("--target-ssim", min=0, max=1, help="Minimum mask SSIM vs FP32.")] = 0.98,
     max_float_nodes: Annotated[int, typer.Option("--max-float-nodes", min=0, help="Give up after this many.")] = 8,
     seed: Annotated[int, typer.Option("--seed", help="Seed for sampling and splitting photos.")] = 0,
@@ -50,7 +54,7 @@ def quantize(
             job = QuantizeJob(
                 model=name, out=out, calib_dir=calib_dir, calib_count=calib_count, verify_dir=verify_dir,
                 verify_count=verify_count, seed=seed, cache_dir=cache_dir,
-                equalize=EqualizeConfig(enabled=equalize),
+                equalize=EqualizeConfig(enabled=equalize, tensor_headroom=tensor_headroom),
                 calibration=CalibrationConfig(method=method, percentile=percentile),
                 search=SearchConfig(target_ssim=target_ssim, max_float_nodes=max_float_nodes),
             )
