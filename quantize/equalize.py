@@ -80,11 +80,12 @@ class Ranges:
     def scales(self, group: Group, config: EqualizeConfig) -> np.ndarray:
         """Per-channel divisors (>= 1): the largest asked for by the group's own channels or by any tensor
         a consumer reads the group from, each judged against its own typical range."""
-        scale = scales_for(self.groups[group.index], _typical(self.groups[group.index], config), config)
+        own = self.groups[group.index]
+        scale = scales_for(own, _typical(own, config), config.headroom, config)
         for conv, offset in group.consumers:
             tensor = self.tensors[self.reads[conv]]
             seen = tensor[offset:offset + group.channels]
-            scale = np.maximum(scale, scales_for(seen, _typical(tensor, config), config, config.tensor_headroom))
+            scale = np.maximum(scale, scales_for(seen, _typical(tensor, config), config.tensor_headroom, config))
         return scale
 
 
@@ -108,11 +109,12 @@ def channel_ranges(model: onnx.ModelProto, graph: DepGraph, tensors: Sequence[np
     return Ranges(ranges, whole, reads)
 
 
-def scales_for(ranges: np.ndarray, typical: float, config: EqualizeConfig, headroom: float | None = None) -> np.ndarray:
-    """Per-channel divisors (>= 1): channels above `headroom` x `typical` come down to it."""
+def scales_for(ranges: np.ndarray, typical: float, headroom: float, config: EqualizeConfig) -> np.ndarray:
+    """Per-channel divisors (>= 1, at most `config.max_scale`): channels above `headroom` x `typical` come
+    down to it."""
     if typical <= 0:
         return np.ones_like(ranges)
-    return np.clip(ranges / ((headroom or config.headroom) * typical), 1.0, config.max_scale)
+    return np.clip(ranges / (headroom * typical), 1.0, config.max_scale)
 
 
 def equalize(model: onnx.ModelProto, tensors: Sequence[np.ndarray],

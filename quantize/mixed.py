@@ -142,6 +142,11 @@ def _prune(graph: onnx.GraphProto) -> None:
             break
         for node in dead:
             graph.node.remove(node)
+    drop_unused_initializers(graph)
+
+
+def drop_unused_initializers(graph: onnx.GraphProto) -> None:
+    """Remove initializers that no node reads any more, in place."""
     used = {i for node in graph.node for i in node.input}
     for init in [i for i in graph.initializer if i.name not in used]:
         graph.initializer.remove(init)

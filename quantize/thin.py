@@ -21,6 +21,8 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
+from .mixed import drop_unused_initializers
+
 
 @dataclass(frozen=True)
 class ThinConfig:
@@ -43,7 +45,7 @@ def split_thin_convs(model: onnx.ModelProto, config: ThinConfig | None = None) -
     split: list[str] = []
     for node in graph.node:
         weight = inits.get(node.input[1]) if node.op_type == "Conv" and len(node.input) > 1 else None
-        attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+        attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute} if weight is not None else {}
         if weight is None or attrs.get("group", 1) != 1:
             nodes.append(node)
             continue
@@ -57,9 +59,7 @@ def split_thin_convs(model: onnx.ModelProto, config: ThinConfig | None = None) -
         split.append(node.name)
     del graph.node[:]
     graph.node.extend(nodes)
-    used = {name for node in graph.node for name in node.input}
-    for init in [i for i in graph.initializer if i.name not in used]:
-        graph.initializer.remove(init)
+    drop_unused_initializers(graph)
     return out, tuple(split)
 
 
