@@ -23,8 +23,8 @@ $(STAMP): pyproject.toml runtime/pyproject.toml
 
 # Each model's own fidelity target (mask SSIM min vs FP32 on held-out photos): u2netp, the small model, 0.97.
 quantize: setup  ## pull u2netp and u2net, quantize both to INT8 into the model cache, print the tables
-	$(BIN)/cutq quantize --model u2netp --target-ssim 0.97 --tensor-headroom 2 --calib-dir $(CALIB)
-	$(BIN)/cutq quantize --model u2net --target-ssim 0.98 --calib-dir $(CALIB)
+	$(BIN)/cutq quantize --model u2netp --target-ssim 0.97 --calib-dir $(CALIB)
+	$(BIN)/cutq quantize --model u2net --target-ssim 0.98 --tensor-headroom 2 --calib-dir $(CALIB)
 
 demo: setup  ## cut the background out of a bundled photo into demo/
 	$(BIN)/cutq remove calibration_data/chelsea.png calibration_data/astronaut.png --out-dir demo --model u2netp

@@ -1,14 +1,15 @@
 """Pipeline step: activation range equalization, moving outlier channel ranges into the next Convs' weights.
 
 U²-Net's activations are quantized per tensor, so one channel with a large range sets the step size for
-all the others. u2netp has such channels: after batch-norm folding, Conv_765's channel 14 sits near 226
-on every photo while its neighbours in the same concatenation stay below 70, which leaves those
-neighbours about two bits of resolution. Relu, MaxPool, linear Resize, Concat and residual Add are all
-positively homogeneous, so dividing a channel's producing filter (weights and bias) by s and multiplying
-the matching input channel of every consuming Conv by s leaves the float model's function unchanged
-while shrinking that channel's range s times (cross-layer equalization, Nagel et al. 2019, applied to
-activation ranges). The channels that move together are exactly the pruning groups, so the dependency
-graph of `cutq.prune` is reused; groups that reach the model input or an output are left alone.
+all the others. In u2netp's last decoder block the upsampled branch reaches 44 while the skip branch it is
+concatenated with stays near 10, which leaves the skip branch two bits fewer. (A near-constant channel is
+a different problem, handled before this step by `center`.) Relu, MaxPool, linear Resize, Concat and
+residual Add are all positively homogeneous, so dividing a channel's producing filter (weights and bias)
+by s and multiplying the matching input channel of every consuming Conv by s leaves the float model's
+function unchanged while shrinking that channel's range s times (cross-layer equalization, Nagel et al.
+2019, applied to activation ranges). The channels that move together are exactly the pruning groups, so
+the dependency graph of `cutq.prune` is reused; groups that reach the model input or an output are left
+alone.
 
 Only outliers move: a channel is scaled down to `headroom` times the typical range around it, at most
 `max_scale` times, because the consumers' weights grow by the same factor and their per-channel weight
@@ -46,8 +47,8 @@ class EqualizeConfig:
     quantile: float = 0.75  # a group's typical channel range is this quantile of its channel ranges
     headroom: float = 2.0  # channels above headroom x their group's typical range are scaled down to it
     # the same within each tensor a Conv reads; looser, because it scales whole branches of a Concat and
-    # leaves the quiet branch less room on photos unlike the calibration ones (3 was best on the held-out
-    # davis-val photos for u2net, 2 for u2netp; see the README)
+    # leaves the quiet branch less room on photos unlike the calibration ones (after centering, 2 was best
+    # on the held-out davis-val photos for u2net, 3-4 for u2netp; see the README)
     tensor_headroom: float = 3.0
     max_scale: float = 8.0
 

@@ -1,5 +1,5 @@
-"""`cutq quantize` as a composition of steps: opset -> graph -> equalize -> calibrate -> qdq -> search -> thin
--> verify -> export.
+"""`cutq quantize` as a composition of steps: opset -> graph -> center -> equalize -> calibrate -> qdq -> search
+-> thin -> verify -> export.
 
 Each step is a plain function in its own module; this file only wires them, measures, and records what
 each did in the manifest, so a variant can be reproduced from it.
@@ -22,6 +22,7 @@ from cutq_runtime.fsutil import file_digest
 
 from . import calibration_set, mixed, verify
 from .calibrate import CalibrationConfig, compute_ranges
+from .center import CenterConfig, center
 from .equalize import EqualizeConfig, equalize
 from .export import ExportResult, export
 from .graph import GraphConfig, preprocess_graph
@@ -49,6 +50,7 @@ class QuantizeJob:
     cache_dir: Path | None = None
     opset: OpsetConfig = field(default_factory=OpsetConfig)
     graph: GraphConfig = field(default_factory=GraphConfig)
+    center: CenterConfig = field(default_factory=CenterConfig)
     equalize: EqualizeConfig = field(default_factory=EqualizeConfig)
     calibration: CalibrationConfig = field(default_factory=CalibrationConfig)
     quant: QuantConfig = field(default_factory=QuantConfig)
@@ -70,6 +72,7 @@ class QuantizeResult:
     head: tuple[str, ...] = ()  # Convs of the output head, float by design
     float_mac_share: float = 0.0  # share of the model's MACs that run in float (head + search)
     equalized_channels: int = 0  # outlier channels whose range was moved into the next Convs' weights
+    centered_channels: int = 0  # near-constant channels whose offset was moved into the next Convs' biases
 
 
 Progress = Callable[[str], None]
@@ -114,8 +117,10 @@ def run(job: QuantizeJob, progress: Progress = lambda message: None) -> Quantize
     source = onnx.load(resolved.path)
     model, opset_report = upgrade_opset(source, job.opset)
     model, graph_report = preprocess_graph(model, job.graph)
+    progress("centering near-constant channels")
+    centered, center_report = center(model, calib.tensors, job.center)
     progress("equalizing channel ranges")
-    equalized, eq_report = equalize(model, calib.tensors, job.equalize)
+    equalized, eq_report = equalize(centered, calib.tensors, job.equalize)
     progress(f"calibrating ({job.calibration.method})")
     ranges = compute_ranges(equalized, calib.tensors, job.calibration)
     progress("quantizing")
@@ -138,6 +143,8 @@ def run(job: QuantizeJob, progress: Progress = lambda message: None) -> Quantize
         "steps": [
             {"step": "opset", **asdict(job.opset), **asdict(opset_report)},
             {"step": "graph", **asdict(job.graph), **asdict(graph_report)},
+            {"step": "center", **asdict(job.center), "max_output_change": center_report.max_output_change,
+             "channels": [asdict(c) for c in center_report.channels]},
             {"step": "equalize", **asdict(job.equalize), "max_output_change": eq_report.max_output_change,
              "channels": [asdict(c) for c in eq_report.channels]},
             {"step": "calibrate", **asdict(job.calibration), "images": [p.name for p in calib.paths],
@@ -156,4 +163,4 @@ def run(job: QuantizeJob, progress: Progress = lambda message: None) -> Quantize
     written = export(final, out, manifest, source=resolved.path)
     return QuantizeResult(resolved.name, resolved.path, written, resolved.path.stat().st_size, fidelity,
                           found.float_nodes, ratio, reached, calib.skipped + checked.skipped, head, float_share,
-                          len(eq_report.channels))
+                          len(eq_report.channels), len(center_report.channels))

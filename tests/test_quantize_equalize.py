@@ -7,12 +7,9 @@ import onnx
 from onnx import numpy_helper
 
 from cutq.prune.depgraph import trace
-from cutq.quantize import verify
-from cutq.quantize.calibrate import compute_ranges
 from cutq.quantize.equalize import EqualizeConfig, channel_ranges, equalize
-from cutq.quantize.qdq import QuantConfig, quantize_qdq
 
-from .tiny import residual_concat_model
+from .tiny import int8_error, outputs, residual_concat_model
 
 INPUTS = [np.random.default_rng(i).standard_normal((1, 3, 16, 16)).astype(np.float32) for i in range(6)]
 OUTLIER = 3  # conv_1's output channel 3 (read by conv_2 and, through the concat, by conv_3)
@@ -47,11 +44,6 @@ def _with_loud_branch() -> onnx.ModelProto:
     return _scaled([("w2", (LOUD,), 12.0), ("b2", (LOUD,), 12.0), ("w3", (slice(None), LOUD), 1 / 12.0)])
 
 
-def _outputs(model: onnx.ModelProto) -> list[np.ndarray]:
-    session = verify.session_for(model)
-    return [session.run(None, {"x": x})[0] for x in INPUTS]
-
-
 def _group_of_conv_1(model: onnx.ModelProto) -> int:
     return trace(model).output_group["conv_1"]
 
@@ -59,7 +51,7 @@ def _group_of_conv_1(model: onnx.ModelProto) -> int:
 def test_equalize_keeps_the_function_and_shrinks_the_outlier() -> None:
     model = _with_outlier()
     equalized, report = equalize(model, INPUTS)
-    for before, after in zip(_outputs(model), _outputs(equalized), strict=True):
+    for before, after in zip(outputs(model, INPUTS), outputs(equalized, INPUTS), strict=True):
         np.testing.assert_allclose(after, before, atol=1e-5)
     assert report.max_output_change < 1e-4
     assert [(c.producers, c.channel) for c in report.channels if c.channel == OUTLIER] == [(("conv_1",), OUTLIER)]
@@ -71,16 +63,11 @@ def test_equalize_keeps_the_function_and_shrinks_the_outlier() -> None:
     np.testing.assert_allclose(after[others], before[others], rtol=1e-5)
 
 
-def _int8_error(model: onnx.ModelProto, reference: list[np.ndarray]) -> float:
-    quantized = quantize_qdq(model, compute_ranges(model, INPUTS), QuantConfig(float_head=False))
-    return float(np.mean([np.abs(q - r).mean() for q, r in zip(_outputs(quantized), reference, strict=True)]))
-
-
 def test_equalize_brings_int8_closer_to_float() -> None:
     model = _with_outlier()
     equalized, _ = equalize(model, INPUTS)
-    reference = _outputs(model)
-    errors = [_int8_error(candidate, reference) for candidate in (model, equalized)]
+    reference = outputs(model, INPUTS)
+    errors = [int8_error(candidate, INPUTS, reference) for candidate in (model, equalized)]
     assert errors[1] < errors[0] / 2, errors
 
 
@@ -88,12 +75,12 @@ def test_equalize_quiets_a_loud_concat_branch() -> None:
     """Typical within their own group, the loud channels are outliers in the concat's shared range."""
     model = _with_loud_branch()
     equalized, report = equalize(model, INPUTS)
-    for before, after in zip(_outputs(model), _outputs(equalized), strict=True):
+    for before, after in zip(outputs(model, INPUTS), outputs(equalized, INPUTS), strict=True):
         np.testing.assert_allclose(after, before, atol=1e-5)
     moved = {c.channel: c.scale for c in report.channels if c.producers == ("conv_2",)}
     assert sorted(moved) == [0, 1] and min(moved.values()) > 3, moved
-    reference = _outputs(model)
-    errors = [_int8_error(candidate, reference) for candidate in (model, equalized)]
+    reference = outputs(model, INPUTS)
+    errors = [int8_error(candidate, INPUTS, reference) for candidate in (model, equalized)]
     assert errors[1] < errors[0] * 0.8, errors
 
 

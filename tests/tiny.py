@@ -96,3 +96,22 @@ def residual_concat_model(seed: int = 0, extra_op: str | None = None) -> onnx.Mo
     model.ir_version = 8
     onnx.checker.check_model(model)
     return model
+
+
+def outputs(model: onnx.ModelProto, inputs: list[np.ndarray]) -> list[np.ndarray]:
+    """The first output of `model` (input "x") for each input."""
+    from cutq.quantize import verify
+
+    session = verify.session_for(model)
+    return [session.run(None, {"x": x})[0] for x in inputs]
+
+
+def int8_error(model: onnx.ModelProto, inputs: list[np.ndarray], reference: list[np.ndarray], border: int = 0) -> float:
+    """Mean absolute error of `model` quantized entirely to INT8 (calibrated on `inputs`, no float head)
+    against `reference`, leaving out a `border`-pixel frame."""
+    from cutq.quantize.calibrate import compute_ranges
+    from cutq.quantize.qdq import QuantConfig, quantize_qdq
+
+    quantized = quantize_qdq(model, compute_ranges(model, inputs), QuantConfig(float_head=False))
+    inner = (..., slice(border, -border or None), slice(border, -border or None))
+    return float(np.mean([np.abs(q - r)[inner].mean() for q, r in zip(outputs(quantized, inputs), reference, strict=True)]))

@@ -9,6 +9,7 @@ import typer
 from rich.table import Table
 
 from cutq.quantize.calibrate import METHODS, CalibrationConfig
+from cutq.quantize.center import CenterConfig
 from cutq.quantize.equalize import EqualizeConfig
 from cutq.quantize.pipeline import QuantizeJob, QuantizeResult, run
 from cutq.quantize.search import SearchConfig
@@ -17,11 +18,13 @@ from cutq_runtime.errors import CutqError
 from .ui import CACHE_HELP, err, errors_exit, table_console
 
 CALIB_HELP = "Calibration photos (default: the bundled calibration_data/). Use photos like the ones you will cut out."
+CENTER_HELP = ("Move the offset of near-constant channels (e.g. always 226-228) into the next Convs' biases and "
+               "scale what varies up, so it is not lost below one INT8 step. Exact except at the image border.")
 EQUALIZE_HELP = ("Scale outlier channels down and their consumers' weights up before calibrating (the float model's "
                  "function is unchanged), so one channel no longer sets a whole tensor's INT8 step.")
 TENSOR_HEADROOM_HELP = ("Equalization also scales down a channel (or a whole Concat branch) louder than this times the "
                         "typical channel of a tensor a Conv reads. Lower moves more: finer INT8 steps on photos like the "
-                        "calibration ones, less room on unlike ones (u2netp: 2, u2net: 3; see the README).")
+                        "calibration ones, less room on unlike ones (u2net: 2, u2netp: 3; see the README).")
 VERIFY_HELP = "Held-out photos to measure fidelity on. Default: split --calib-dir by scene, half for each."
 
 
@@ -35,6 +38,7 @@ def quantize(
     verify_count: Annotated[int, typer.Option("--verify-count", min=1, help="Verification photos to sample.")] = 24,
     method: Annotated[str, typer.Option("--method", help=f"Calibration: {', '.join(METHODS)}.")] = "minmax",
     percentile: Annotated[float, typer.Option("--percentile", help="For --method percentile.")] = 99.999,
+    center: Annotated[bool, typer.Option("--center/--no-center", help=CENTER_HELP)] = True,
     equalize: Annotated[bool, typer.Option("--equalize/--no-equalize", help=EQUALIZE_HELP)] = True,
     tensor_headroom: Annotated[float, typer.Option("--tensor-headroom", min=1.0, help=TENSOR_HEADROOM_HELP)] = 3.0,
     target_ssim: Annotated[float, typer.Option("--target-ssim", min=0, max=1, help="Minimum mask SSIM vs FP32.")] = 0.98,
@@ -54,7 +58,7 @@ def quantize(
             job = QuantizeJob(
                 model=name, out=out, calib_dir=calib_dir, calib_count=calib_count, verify_dir=verify_dir,
                 verify_count=verify_count, seed=seed, cache_dir=cache_dir,
-                equalize=EqualizeConfig(enabled=equalize, tensor_headroom=tensor_headroom),
+                center=CenterConfig(enabled=center), equalize=EqualizeConfig(enabled=equalize, tensor_headroom=tensor_headroom),
                 calibration=CalibrationConfig(method=method, percentile=percentile),
                 search=SearchConfig(target_ssim=target_ssim, max_float_nodes=max_float_nodes),
             )
@@ -88,6 +92,8 @@ def print_summary(results: list[QuantizeResult], target_ssim: float) -> None:
     for r in results:
         err.print(f"{r.export.onnx_path} (+ .ort, .json)")
         err.print(f"  float head: {', '.join(r.head) or 'none'} (side outputs and fusion: their logits set the mask)")
+        if r.centered_channels:
+            err.print(f"  centered: {r.centered_channels} near-constant channel(s), offset moved into the next Convs' biases")
         if r.equalized_channels:
             err.print(f"  equalized: {r.equalized_channels} outlier channel(s) scaled into the next Convs' weights")
         for n in r.float_nodes:
