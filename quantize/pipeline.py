@@ -34,6 +34,8 @@ from .thin import ThinConfig, split_thin_convs
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_CALIB_DIR = ROOT / "calibration_data"
 MIN_IMAGES = 2
+# How the INT8 variant is served (read by cutq_runtime.session): its float head is faster without NCHWc.
+SESSION = {"disabled_optimizers": ["NchwcTransformer"]}
 
 
 @dataclass(frozen=True)
@@ -85,7 +87,8 @@ def _images(job: QuantizeJob, spec: Any) -> tuple[calibration_set.LoadedImages, 
 
 def _latency_ratio(reference: onnx.ModelProto, candidate: onnx.ModelProto, tensor: np.ndarray, runs: int = 5) -> float:
     """Session latency of candidate / reference, runs interleaved in one process so machine noise hits both."""
-    sessions = [verify.session_for(reference), verify.session_for(candidate)]
+    sessions = [verify.session_for(reference),
+                verify.session_for(candidate, disabled_optimizers=SESSION["disabled_optimizers"])]
     name = sessions[0].get_inputs()[0].name
     totals = [0.0, 0.0]
     for session in sessions:
@@ -140,6 +143,7 @@ def run(job: QuantizeJob, progress: Progress = lambda message: None) -> Quantize
         "description": f"INT8 {resolved.name}, SSIM min {fidelity.ssim_min:.3f} vs FP32",
         "input": models.input_spec_dict(resolved.input),
         "source": {"name": resolved.name, "path": str(resolved.path), "sha256": file_digest(resolved.path, "sha256")},
+        "session": SESSION,
         "steps": [
             {"step": "opset", **asdict(job.opset), **asdict(opset_report)},
             {"step": "graph", **asdict(job.graph), **asdict(graph_report)},

@@ -30,13 +30,15 @@ class Fidelity:
         return self.ssim_min >= target_ssim
 
 
-def session_for(model: onnx.ModelProto, threads: int | None = None) -> ort.InferenceSession:
+def session_for(model: onnx.ModelProto, threads: int | None = None,
+                disabled_optimizers: Sequence[str] = ()) -> ort.InferenceSession:
     """An in-memory session; `threads=None` uses every core."""
     options = ort.SessionOptions()
     options.log_severity_level = 3
     if threads:
         options.intra_op_num_threads = threads
-    return ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    return ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"],
+                                disabled_optimizers=list(disabled_optimizers) or None)
 
 
 def masks(session: ort.InferenceSession, tensors: Sequence[np.ndarray]) -> list[np.ndarray]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -85,6 +86,23 @@ def test_ort_format_file_serves_the_same_masks(tmp_path: Path, u2netp_path: Path
     ours = decode_rgba(remove(photo, session=session, only_mask=True))
     ref = decode_rgba(remove(photo, session=u2netp, only_mask=True))
     assert np.abs(ours - ref).max() <= 1
+
+
+def test_manifest_can_leave_out_graph_optimizers(tmp_path: Path, u2netp_path: Path, u2netp, photo: bytes) -> None:
+    """A variant's manifest may name ONNX Runtime optimizers to leave out (INT8 variants do, see the session
+    module); the masks stay the same, and a malformed entry is a clear error."""
+    model = tmp_path / "variant.onnx"
+    model.write_bytes(u2netp_path.read_bytes())
+    manifest = tmp_path / "variant.json"
+    manifest.write_text(json.dumps({"session": {"disabled_optimizers": ["NchwcTransformer"]}}))
+    session = new_session(model)
+    assert session.disabled_optimizers == ("NchwcTransformer",) and u2netp.disabled_optimizers == ()
+    ours = decode_rgba(remove(photo, session=session, only_mask=True))
+    ref = decode_rgba(remove(photo, session=u2netp, only_mask=True))
+    assert np.abs(ours - ref).max() <= 1
+    manifest.write_text(json.dumps({"session": {"disabled_optimizers": "NchwcTransformer"}}))
+    with pytest.raises(ModelError, match="disabled_optimizers must be a list"):
+        new_session(model)
 
 
 def test_missing_or_foreign_model_is_a_clear_error(tmp_path: Path) -> None:

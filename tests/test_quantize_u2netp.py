@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import onnx
+import onnxruntime as ort
 import pytest
 
 from cutq.quantize import calibration_set, verify
@@ -59,7 +60,15 @@ def test_centering_mends_what_breaks_naive_int8(result: QuantizeResult, u2netp_p
     assert fidelity.ssim_min < 0.7
 
 
-def test_variant_files_manifest_and_serving(result: QuantizeResult) -> None:
+def _optimized_ops(path: Path, out: Path, disabled: list[str]) -> set[str]:
+    """The op types of the graph ONNX Runtime runs for `path` at its default level, without `disabled`."""
+    options = ort.SessionOptions()
+    options.optimized_model_filepath = str(out)
+    ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"], disabled_optimizers=disabled or None)
+    return {node.op_type for node in onnx.load(out).graph.node}
+
+
+def test_variant_files_manifest_and_serving(result: QuantizeResult, tmp_path: Path) -> None:
     written = result.export
     assert written.size_bytes < 0.4 * result.source_size
     manifest = json.loads(written.manifest_path.read_text())
@@ -72,6 +81,11 @@ def test_variant_files_manifest_and_serving(result: QuantizeResult) -> None:
     assert steps["equalize"]["tensor_headroom"] == 3.0
     assert manifest["verification"]["ssim_min"] == pytest.approx(result.fidelity.ssim_min)
     assert b"QLinearConv" in written.ort_path.read_bytes()  # INT8 kernels fused in, not Q/DQ around float ops
+    # served without NCHWc: it would reorder full-resolution maps to and from the float head's layout
+    assert new_session(written.onnx_path).disabled_optimizers == ("NchwcTransformer",)
+    assert "ReorderInput" in _optimized_ops(written.onnx_path, tmp_path / "all.onnx", [])
+    assert "ReorderInput" not in _optimized_ops(written.onnx_path, tmp_path / "hinted.onnx",
+                                                manifest["session"]["disabled_optimizers"])
     photo = (CALIBRATION / "chelsea.png").read_bytes()
     for path in (written.onnx_path, written.ort_path):
         alpha = decode_rgba(remove(photo, session=new_session(path)))[..., 3]
