@@ -100,9 +100,10 @@ def test_manifest_can_leave_out_graph_optimizers(tmp_path: Path, u2netp_path: Pa
     ours = decode_rgba(remove(photo, session=session, only_mask=True))
     ref = decode_rgba(remove(photo, session=u2netp, only_mask=True))
     assert np.abs(ours - ref).max() <= 1
-    manifest.write_text(json.dumps({"session": {"disabled_optimizers": "NchwcTransformer"}}))
-    with pytest.raises(ModelError, match="disabled_optimizers must be a list"):
-        new_session(model)
+    for bad in ({"disabled_optimizers": "NchwcTransformer"}, "NchwcTransformer"):
+        manifest.write_text(json.dumps({"session": bad}))
+        with pytest.raises(ModelError, match="disabled_optimizers must be a list"):
+            new_session(model)
 
 
 def test_missing_or_foreign_model_is_a_clear_error(tmp_path: Path) -> None:

@@ -101,7 +101,8 @@ def disabled_optimizers(manifest: dict | None) -> tuple[str, ...]:
     float Convs into its NCHWc layout, and the reorders of full-resolution feature maps around them cost
     more than the layout saves: u2net-int8 ran at 0.343x of FP32 with it and 0.328x without, u2netp-int8 at
     0.455x and 0.407x. FP32 models gain from NCHWc and do not ask. An `.ort` file never gets it anyway."""
-    wanted = ((manifest or {}).get("session") or {}).get("disabled_optimizers") or ()
+    section = (manifest or {}).get("session") or {}
+    wanted = section.get("disabled_optimizers") or () if isinstance(section, dict) else section
     if not isinstance(wanted, list | tuple) or not all(isinstance(name, str) for name in wanted):
         raise ModelError(f"manifest: session.disabled_optimizers must be a list of names, not {wanted!r}")
     return tuple(wanted)
