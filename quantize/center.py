@@ -26,12 +26,12 @@ from dataclasses import dataclass
 
 import numpy as np
 import onnx
-from onnx import numpy_helper
 
 from cutq.prune.activations import capture
 from cutq.prune.depgraph import Group, trace
 
-from .equalize import output_change
+from .equalize import EditableInitializers, output_change
+from .graph import readers
 
 _COMMUTES_WITH_SHIFT = frozenset({"MaxPool", "Resize", "Concat"})
 
@@ -78,7 +78,7 @@ def center(model: onnx.ModelProto, tensors: Sequence[np.ndarray],
     low, high = _ranges(model, [producer.output[0] for _, producer in candidates], tensors)
     out = onnx.ModelProto()
     out.CopyFrom(model)
-    params = _Params(out)
+    param = EditableInitializers(out, np.float64)  # shift and gain in double, stored as float32
     convs = {n.name: n for n in out.graph.node if n.op_type == "Conv"}
     done = []
     for group, producer in candidates:
@@ -90,43 +90,23 @@ def center(model: onnx.ModelProto, tensors: Sequence[np.ndarray],
                 continue
             gain = float(np.clip(typical / max(hi[c] - shift, 1e-12), 1.0, config.max_gain))
             node = convs[producer.name]
-            params.get(node.input[1])[c] *= gain
-            params.get(node.input[2])[c] = gain * (params.get(node.input[2])[c] - shift)
+            param(node.input[1])[c] *= gain
+            param(node.input[2])[c] = gain * (param(node.input[2])[c] - shift)
             for conv, offset in group.consumers:
-                weight = params.get(convs[conv].input[1])
-                params.get(convs[conv].input[2])[:] += weight[:, offset + c].sum(axis=(1, 2)) * shift
+                weight = param(convs[conv].input[1])
+                param(convs[conv].input[2])[:] += weight[:, offset + c].sum(axis=(1, 2)) * shift
                 weight[:, offset + c] /= gain
             done.append(Centered(producer.name, c, float(lo[c]), float(hi[c]), float(shift), gain))
     if not done:
         return model, CenterReport(())
-    params.store()
+    param.store()
     return out, CenterReport(tuple(done), output_change(model, out, tensors[0]))
-
-
-class _Params:
-    """Conv initializers as float64 arrays, edited in place and written back once."""
-
-    def __init__(self, model: onnx.ModelProto) -> None:
-        self.inits = {t.name: t for t in model.graph.initializer}
-        self.arrays: dict[str, np.ndarray] = {}
-
-    def get(self, name: str) -> np.ndarray:
-        if name not in self.arrays:
-            self.arrays[name] = numpy_helper.to_array(self.inits[name]).astype(np.float64)
-        return self.arrays[name]
-
-    def store(self) -> None:
-        for name, value in self.arrays.items():
-            self.inits[name].CopyFrom(numpy_helper.from_array(value.astype(np.float32), name))
 
 
 def _candidates(model: onnx.ModelProto) -> list[tuple[Group, onnx.NodeProto]]:
     """Groups made by one Conv + Relu whose channels reach only Convs, through ops that commute with a shift,
     and whose Convs all have stored biases to absorb it."""
-    readers: dict[str, list[onnx.NodeProto]] = {}
-    for node in model.graph.node:
-        for name in node.input:
-            readers.setdefault(name, []).append(node)
+    users = readers(model.graph)
     nodes = {n.name: n for n in model.graph.node}
     inits = {t.name for t in model.graph.initializer}
     outputs = {o.name for o in model.graph.output}
@@ -135,21 +115,21 @@ def _candidates(model: onnx.ModelProto) -> list[tuple[Group, onnx.NodeProto]]:
         if len(group.producers) != 1:
             continue  # tied by a residual Add: the other summand would need the same shift
         producer = nodes[group.producers[0]]
-        after = readers.get(producer.output[0], [])
+        after = users.get(producer.output[0], [])
         convs = [producer, *(nodes[c] for c, _ in group.consumers)]
-        if (len(after) == 1 and after[0].op_type == "Relu" and _reaches_only_convs(after[0].output[0], readers, outputs)
+        if (len(after) == 1 and after[0].op_type == "Relu" and _reaches_only_convs(after[0].output[0], users, outputs)
                 and all(len(n.input) > 2 and n.input[2] in inits for n in convs)):
             found.append((group, producer))
     return found
 
 
-def _reaches_only_convs(tensor: str, readers: dict[str, list[onnx.NodeProto]], outputs: set[str]) -> bool:
+def _reaches_only_convs(tensor: str, users: dict[str, list[onnx.NodeProto]], outputs: set[str]) -> bool:
     stack, seen = [tensor], {tensor}
     while stack:
         name = stack.pop()
         if name in outputs:
             return False
-        for node in readers.get(name, []):
+        for node in users.get(name, []):
             if node.op_type == "Conv":
                 if node.input[0] != name:
                     return False

@@ -128,15 +128,8 @@ def equalize(model: onnx.ModelProto, tensors: Sequence[np.ndarray],
     ranges = channel_ranges(model, graph, tensors)
     out = onnx.ModelProto()
     out.CopyFrom(model)
-    inits = {t.name: t for t in out.graph.initializer}
+    array = EditableInitializers(out, np.float32)
     convs = {n.name: n for n in out.graph.node if n.op_type == "Conv"}
-    arrays: dict[str, np.ndarray] = {}
-
-    def array(name: str) -> np.ndarray:
-        if name not in arrays:
-            arrays[name] = numpy_helper.to_array(inits[name]).astype(np.float32, copy=True)
-        return arrays[name]
-
     done = []
     for group in graph.prunable:
         scale = ranges.scales(group, config)
@@ -151,13 +144,31 @@ def equalize(model: onnx.ModelProto, tensors: Sequence[np.ndarray],
         for conv, offset in group.consumers:
             array(convs[conv].input[1])[:, offset + moved] *= scale[None, moved, None, None]
         done += [Scaled(group.producers, int(c), float(ranges.groups[group.index][c]), float(scale[c])) for c in moved]
-    for name, value in arrays.items():
-        inits[name].CopyFrom(numpy_helper.from_array(value, name))
+    array.store()
     change = output_change(model, out, tensors[0])
     if change > TOLERANCE:
         raise ModelError(f"range equalization changed the float model's output by {change:.2%} of its range; "
                          "a channel path holds an op that does not commute with scaling (use --no-equalize)")
     return out, EqualizeReport(tuple(done), change)
+
+
+class EditableInitializers:
+    """A model's initializers as numpy arrays of `dtype`, edited in place and written back (as float32) once
+    by `store`: the Conv weight and bias edits of equalization and centering."""
+
+    def __init__(self, model: onnx.ModelProto, dtype: type = np.float32) -> None:
+        self.inits = {t.name: t for t in model.graph.initializer}
+        self.dtype = dtype
+        self.arrays: dict[str, np.ndarray] = {}
+
+    def __call__(self, name: str) -> np.ndarray:
+        if name not in self.arrays:
+            self.arrays[name] = numpy_helper.to_array(self.inits[name]).astype(self.dtype, copy=True)
+        return self.arrays[name]
+
+    def store(self) -> None:
+        for name, value in self.arrays.items():
+            self.inits[name].CopyFrom(numpy_helper.from_array(value.astype(np.float32, copy=False), name))
 
 
 def output_change(before: onnx.ModelProto, after: onnx.ModelProto, tensor: np.ndarray) -> float:

@@ -17,6 +17,15 @@ from onnxruntime.quantization.shape_inference import quant_pre_process
 from cutq_runtime.errors import ModelError
 
 
+def readers(graph: onnx.GraphProto) -> dict[str, list[onnx.NodeProto]]:
+    """Tensor name -> the nodes that read it, in graph order."""
+    found: dict[str, list[onnx.NodeProto]] = {}
+    for node in graph.node:
+        for name in node.input:
+            found.setdefault(name, []).append(node)
+    return found
+
+
 @dataclass(frozen=True)
 class GraphConfig:
     """Which parts of ONNX Runtime's pre-processing to run."""

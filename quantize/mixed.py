@@ -17,6 +17,8 @@ from onnx import helper, numpy_helper
 
 from cutq_runtime.errors import CutqError
 
+from .graph import readers
+
 _QUANTIZED_SUFFIX = "_quantized"
 
 
@@ -56,14 +58,11 @@ def read_quantized(qdq: onnx.ModelProto, nodes: Iterable[str]) -> int:
     (transposes of full-resolution maps). Read through the same Q/DQ, the Add fuses into one INT8 op. The
     float Conv then sees exactly what the Resize path already sees."""
     wanted = set(nodes)
-    readers: dict[str, list[onnx.NodeProto]] = {}
-    for node in qdq.graph.node:
-        for name in node.input:
-            readers.setdefault(name, []).append(node)
+    users = readers(qdq.graph)
     dequantized: dict[str, str] = {}
     for node in qdq.graph.node:
         if node.op_type == "QuantizeLinear":
-            dqs = [r for r in readers.get(node.output[0], []) if r.op_type == "DequantizeLinear"]
+            dqs = [r for r in users.get(node.output[0], []) if r.op_type == "DequantizeLinear"]
             if dqs:
                 dequantized.setdefault(node.input[0], dqs[0].output[0])
     moved = 0

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 import onnx
 
+from .graph import readers
 from .verify import session_for
 
 _PASS_THROUGH_LIMIT = 64  # how far back to look for feeding Conv outputs, in nodes
@@ -32,10 +33,7 @@ def conv_outputs(model: onnx.ModelProto) -> dict[str, str]:
 
     The quantizer folds a Relu into the Conv (the Conv then produces the Relu's tensor name), so the
     float model's Relu output is the name both models share."""
-    consumers: dict[str, list[onnx.NodeProto]] = {}
-    for node in model.graph.node:
-        for name in node.input:
-            consumers.setdefault(name, []).append(node)
+    consumers = readers(model.graph)
     result = {}
     for node in model.graph.node:
         if node.op_type == "Conv":
