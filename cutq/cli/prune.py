@@ -38,6 +38,9 @@ def prune(
     verify_count: Annotated[int, typer.Option("--verify-count", min=1, help="Verification photos to sample.")] = 16,
     multiple: Annotated[int, typer.Option("--channel-multiple", min=1, help="Round kept channel counts to this.")] = 4,
     samples: Annotated[int, typer.Option("--samples", min=16, help="Positions per photo and Conv for the refit.")] = 1024,
+    ridge: Annotated[float, typer.Option("--ridge", min=0.0, help="Refit regularisation toward the sliced weights, "
+                                         "as a fraction of the mean input energy. Strong by default: U²-Net's "
+                                         "bottom Convs have more unknowns than calibration samples.")] = ReconstructConfig.ridge,
     seed: Annotated[int, typer.Option("--seed", help="Seed for sampling and splitting photos.")] = 0,
     cache_dir: Annotated[Path | None, typer.Option("--cache-dir", help=CACHE_HELP)] = None,
 ) -> None:
@@ -46,7 +49,7 @@ def prune(
         job = PruneJob(
             model=model, prune=PruneConfig(ratio, multiple), criterion=criterion, reconstruct=reconstruct, out=out,
             calib_dir=calib_dir, calib_count=calib_count, verify_dir=verify_dir, verify_count=verify_count, seed=seed,
-            cache_dir=cache_dir, reconstruction=ReconstructConfig(samples=samples, seed=seed),
+            cache_dir=cache_dir, reconstruction=ReconstructConfig(samples=samples, ridge=ridge, seed=seed),
             finetune_epochs=finetune_epochs,
         )
         with err.status(f"Pruning {model}") as status:
