@@ -22,12 +22,15 @@ made u2netp's held-out masks worse (50% of channels per group, l1: SSIM mean 0.8
 activation criterion (30% of channels per group, 49% of the parameters; 16 calibration / 16 held-out
 davis-val photos): SSIM mean 0.710 without refit, 0.825 refitting only the biases, 0.915 refitting both.
 
-The ridge must be strong. U²-Net's bottom Convs read 3x3 patches of ~350 channels (~3,000 unknowns per output)
-at 10x10 or 20x20 positions, so 16 photos give fewer samples than unknowns there: with λ = 0.001 the refit
-reproduced the unpruned side outputs exactly on the calibration photos (MAE 0.0000 on the deepest one) and
-missed them on the same photos mirrored (MAE 0.02-0.05). u2net at ratio 0.5, 16 calibration photos, mask
-SSIM mean on 16 photos of other scenes: λ = 0.001 0.932, 0.1 0.950, 1.0 0.946; 64 photos (32 and their
-mirror images) at λ = 0.001 gave 0.941, at 0.1 0.943, so more photos is not the cure the ridge is.
+The ridge must be strong where samples are few. U²-Net's bottom Convs read 3x3 patches of ~350 channels (~3,000
+unknowns per output) at 10x10 or 20x20 positions, so 16 photos give fewer samples than unknowns there: with λ
+fixed at 0.001 of the mean diagonal of XᵀX, the refit reproduced the unpruned side outputs exactly on the
+calibration photos (MAE 0.0000 on the deepest one) and missed them on the same photos mirrored (0.02-0.05).
+So λ scales with unknowns / samples: strong at the bottom, weak at 320x320 (16,384 samples for ~600 unknowns),
+where the sliced weights of a heavily pruned Conv are far from the best fit. u2net, 16 calibration photos,
+mask SSIM mean on 32 photos of other scenes (the 16 `cutq bench` uses and 16 more), by ratio 0.5 / 0.7:
+λ fixed 0.001: 0.933 / 0.916; fixed 0.1: 0.948 / 0.910; scaled, 0.1: 0.946 / 0.920; scaled, 0.3: 0.947 / 0.913.
+More photos is not the cure: 64 (32 and their mirror images) at fixed 0.001 gave 0.941 at 0.5 on the second 16.
 """
 
 from __future__ import annotations
@@ -47,7 +50,7 @@ from .pruner import ConvSlice, replace_weights
 @dataclass(frozen=True)
 class ReconstructConfig:
     samples: int = 1024  # spatial positions sampled per image and Conv
-    ridge: float = 0.1  # λ as a fraction of the mean diagonal of XᵀX (see the module docstring)
+    ridge: float = 0.1  # λ per unknown per sample, as a fraction of the mean diagonal of XᵀX (module docstring)
     weights: bool = True  # False: keep the sliced weights and only correct the bias (the mean of the error)
     seed: int = 0
 
@@ -91,7 +94,8 @@ class _Normal:
         return w
 
     def solve(self, w0: np.ndarray, ridge: float) -> np.ndarray:
-        lam = ridge * np.trace(self.xtx) / len(self.xtx)
+        """Ridge toward `w0`, as strong as the Conv is short of samples: λ = ridge · mean diag(XᵀX) · unknowns / n."""
+        lam = ridge * np.trace(self.xtx) / self.n
         return np.linalg.solve(self.xtx + lam * np.eye(len(self.xtx)), self.xty + lam * w0)
 
 

@@ -83,4 +83,4 @@ def test_default_ridge_keeps_an_underdetermined_refit_from_overfitting() -> None
     for ridge in (1e-6, ReconstructConfig().ridge):
         refit, _ = reconstruct(model, pruned, slices, CALIB[:1], ReconstructConfig(samples=16, ridge=ridge))
         errors[ridge] = float(np.abs(_outputs(refit, HELD_OUT) - reference).mean())
-    assert errors[ReconstructConfig().ridge] < 0.7 * errors[1e-6], errors  # measured 0.10 against 0.19
+    assert errors[ReconstructConfig().ridge] < 0.7 * errors[1e-6], errors  # measured 0.09 against 0.19

@@ -39,8 +39,8 @@ def prune(
     multiple: Annotated[int, typer.Option("--channel-multiple", min=1, help="Round kept channel counts to this.")] = 4,
     samples: Annotated[int, typer.Option("--samples", min=16, help="Positions per photo and Conv for the refit.")] = 1024,
     ridge: Annotated[float, typer.Option("--ridge", min=0.0, help="Refit regularisation toward the sliced weights, "
-                                         "as a fraction of the mean input energy. Strong by default: U²-Net's "
-                                         "bottom Convs have more unknowns than calibration samples.")] = ReconstructConfig.ridge,
+                                         "scaled by each Conv's unknowns per sample: strong at U²-Net's 10x10 "
+                                         "bottom, where 16 photos give fewer samples than unknowns.")] = ReconstructConfig.ridge,
     seed: Annotated[int, typer.Option("--seed", help="Seed for sampling and splitting photos.")] = 0,
     cache_dir: Annotated[Path | None, typer.Option("--cache-dir", help=CACHE_HELP)] = None,
 ) -> None:
