@@ -47,11 +47,17 @@ def test_frontier_gives_the_tensors_of_a_whole_run() -> None:
     assert all(set(cached) <= {"s"} for cached in frontier.cache)  # nothing dead is kept
 
 
-def test_refit_beats_slicing_on_held_out_inputs() -> None:
+def _half_pruned() -> tuple[onnx.ModelProto, onnx.ModelProto, dict]:
+    """The tiny RSU model with half of every group's channels removed by filter L1, without compensation."""
     model = residual_concat_model()
     graph = trace(model)
     keep = pruner.select(graph, importance.Magnitude(1).scores(model, graph), 0.5, 1)
     pruned, slices = pruner.apply(model, graph, keep)
+    return model, pruned, slices
+
+
+def test_refit_beats_slicing_on_held_out_inputs() -> None:
+    model, pruned, slices = _half_pruned()
     refit, report = reconstruct(model, pruned, slices, CALIB, ReconstructConfig(samples=256))
     assert report.convs == 4 and report.error_refit < report.error_sliced
     reference = _outputs(model, HELD_OUT)
@@ -74,10 +80,7 @@ def test_keeping_every_channel_refits_to_the_same_weights() -> None:
 def test_default_ridge_keeps_an_underdetermined_refit_from_overfitting() -> None:
     """16 positions of one photo for ~30-55 unknowns per Conv: a near-zero ridge fits the calibration photo
     and misses held-out inputs (as U²-Net's 10x10 bottom does with 16 photos); the default ridge does not."""
-    model = residual_concat_model()
-    graph = trace(model)
-    keep = pruner.select(graph, importance.Magnitude(1).scores(model, graph), 0.5, 1)
-    pruned, slices = pruner.apply(model, graph, keep)
+    model, pruned, slices = _half_pruned()
     reference = _outputs(model, HELD_OUT)
     errors = {}
     for ridge in (1e-6, ReconstructConfig().ridge):
