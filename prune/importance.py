@@ -3,12 +3,18 @@
 A criterion is anything with a `name` and `scores(model, graph) -> {group index: scores}`, so a new one
 is a small class, not a change to the pruner. Two are provided:
 
-- `Magnitude` (filter L1 or L2, the default): the norm of each producing Conv's output filter, summed over
+- `Magnitude` (filter L1 or L2): the norm of each producing Conv's output filter, summed over
   the group's producers. U²-Net's batch norm is folded into its Convs, so the filter norm already carries the
   BN scale γ/σ that BN-γ criteria look at; no PyTorch checkpoint is needed.
-- `Activation`: how much each channel's variation feeds into the next layers on real photos,
+- `Activation` (the default): how much each channel's variation feeds into the next layers on real photos,
   std(x_c) · ‖W[:, c]‖₂ summed over the consuming Convs; the right measure once the pruner compensates the
   mean of what it removes. It sees what the weights alone cannot: channels that are constant or rarely active.
+
+A reconstruction-aware criterion was measured and left out. It removed channels greedily by how much each
+consumer's least-squares refit error grows (Optimal Brain Surgeon on the consumers' damped Grams, in the
+style of ThiNet). Mask SSIM mean against FP32 on 16 held-out davis-val photos, ratio 0.5, 16 calibration
+photos: u2netp 0.904-0.912 (1, 4 or 8 greedy rounds) against 0.919 with `activation`; u2net 0.9466 against
+0.9465, at three times the pruning time. A lower refit error per layer did not give better masks.
 """
 
 from __future__ import annotations

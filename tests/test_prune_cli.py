@@ -100,3 +100,8 @@ def test_finetune_epochs_distil_the_pruned_model(tiny: Path, tmp_path: Path) -> 
     assert steps["finetune"]["kept"] == (plain.read_bytes() != tuned.read_bytes())
     assert manifest["verification"]["ssim_mean"] >= steps["finetune"]["other_ssim_mean"]
     assert not tuned.with_suffix(".ckpt").exists()  # finished: no checkpoint left behind
+
+
+def test_help_names_the_train_extra() -> None:
+    # Rich reads "[train]" as a style tag unless escaped, which printed `pip install 'cutq'`.
+    assert "pip install 'cutq[train]'" in " ".join(_cli("--help").stdout.split())

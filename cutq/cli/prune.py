@@ -30,7 +30,7 @@ def prune(
                                               help="Refit each pruned Conv by least squares on the calibration photos.")] = True,
     finetune_epochs: Annotated[int, typer.Option("--finetune-epochs", min=0, help="Then distil toward the FP32 model's "
                                                  "side outputs for N epochs on the calibration photos (needs "
-                                                 "`pip install 'cutq[train]'`; resumes from <out>.ckpt).")] = 0,
+                                                 "`pip install 'cutq\\[train]'`; resumes from <out>.ckpt).")] = 0,
     out: Annotated[Path | None, typer.Option("--out", "-o", help="Output .onnx (default: cache, as <name>-p<R*100>).")] = None,
     calib_dir: Annotated[Path | None, typer.Option("--calib-dir", help=CALIB_HELP)] = None,
     calib_count: Annotated[int, typer.Option("--calib-count", min=2, help="Calibration photos to sample.")] = 16,
