@@ -67,6 +67,7 @@ class PruneResult:
     fidelity: verify.Fidelity
     export: ExportResult
     skipped_images: tuple[str, ...]
+    narrow_share: float = 1.0  # groups under `PruneConfig.narrow_below` channels lost this times `channel_fraction`
 
 
 def default_name(source: str, ratio: float) -> str:
@@ -99,7 +100,7 @@ def run(job: PruneJob, progress: Progress = lambda message: None) -> PruneResult
     progress(f"scoring channels ({job.criterion})")
     scores = importance.criterion(job.criterion, moments).scores(source, graph)
     fraction = pruner.channel_fraction(graph, {conv: w.shape for conv, (w, _) in conv_weights(source).items()}, job.prune)
-    keep = pruner.select(graph, scores, fraction, job.prune.multiple)
+    keep = pruner.select(graph, scores, job.prune.fractions(graph, fraction), job.prune.multiple)
     model, slices = pruner.apply(source, graph, keep, moments)
     report = None
     if job.reconstruct:
@@ -153,4 +154,4 @@ def run(job: PruneJob, progress: Progress = lambda message: None) -> PruneResult
     written = export(model, out, manifest, source=resolved.path)
     out.with_suffix(".ckpt").unlink(missing_ok=True)  # the fine-tune finished: nothing left to resume
     return PruneResult(out.stem, before, ModelFigures(params, macs, written.size_bytes), len(keep), *channels, fraction, report,
-                       fidelity, written, calib.skipped + checked.skipped)
+                       fidelity, written, calib.skipped + checked.skipped, job.prune.narrow_share)

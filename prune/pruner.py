@@ -30,6 +30,7 @@ from .geometry import Geometry
 from .importance import Scores
 
 MAX_RATIO = 0.9
+MAX_FRACTION = 0.99  # of a group's channels
 
 
 @dataclass(frozen=True)
@@ -44,12 +45,24 @@ class PruneConfig:
 
     ratio: float
     multiple: int = 4
+    # Groups narrower than `narrow_below` channels lose `narrow_share` times the fraction the wider groups lose.
+    # U²-Net's parameters sit in its wide, low-resolution groups and its MACs in the narrow, full-resolution
+    # ones, so a share below 1 keeps more quality per parameter (a size limit) and costs MACs (latency).
+    narrow_share: float = 1.0
+    narrow_below: int = 256
 
     def __post_init__(self) -> None:
         if not 0 < self.ratio <= MAX_RATIO:
             raise CutqError(f"--ratio must be in (0, {MAX_RATIO}], got {self.ratio}")
         if self.multiple < 1:
             raise CutqError(f"channel multiple must be >= 1, got {self.multiple}")
+        if self.narrow_share < 0 or self.narrow_below < 1:
+            raise CutqError(f"narrow share must be >= 0 and narrow width >= 1, got {self.narrow_share}, {self.narrow_below}")
+
+    def fractions(self, graph: DepGraph, fraction: float) -> dict[int, float]:
+        """Group index -> fraction of its channels removed, when the wide groups lose `fraction`."""
+        return {g.index: fraction if g.channels >= self.narrow_below else min(fraction * self.narrow_share, MAX_FRACTION)
+                for g in graph.prunable}
 
 
 @dataclass(frozen=True)
@@ -79,15 +92,17 @@ def parameters(graph: DepGraph, shapes: Mapping[str, tuple[int, ...]], kept: Map
 
 
 def channel_fraction(graph: DepGraph, shapes: Mapping[str, tuple[int, ...]], config: PruneConfig) -> float:
-    """The smallest fraction of every prunable group's channels whose removal removes `config.ratio` of the
-    parameters (`shapes`: Conv name -> weight shape), by bisection: the count only falls as the fraction grows."""
+    """The smallest fraction of every prunable group's channels (of the wide groups', see `PruneConfig`) whose
+    removal removes `config.ratio` of the parameters (`shapes`: Conv name -> weight shape), by bisection: the
+    count only falls as the fraction grows."""
     full = parameters(graph, shapes, {})
 
     def removed(fraction: float) -> float:
-        kept = {g.index: kept_count(g.channels, fraction, config.multiple) for g in graph.prunable}
+        shares = config.fractions(graph, fraction)
+        kept = {g.index: kept_count(g.channels, shares[g.index], config.multiple) for g in graph.prunable}
         return 1 - parameters(graph, shapes, kept) / full
 
-    low, high = 0.0, 0.99
+    low, high = 0.0, MAX_FRACTION
     if removed(high) < config.ratio:
         raise CutqError(f"--ratio {config.ratio} removes more parameters than the prunable channels hold "
                         f"(at most {removed(high):.2f})")
@@ -97,16 +112,17 @@ def channel_fraction(graph: DepGraph, shapes: Mapping[str, tuple[int, ...]], con
     return high
 
 
-def select(graph: DepGraph, scores: Scores, fraction: float, multiple: int) -> dict[int, np.ndarray]:
-    """The highest-scoring channels of each prunable group, `fraction` of them removed, in their original
-    order (ties: lower index)."""
+def select(graph: DepGraph, scores: Scores, fraction: float | Mapping[int, float], multiple: int) -> dict[int, np.ndarray]:
+    """The highest-scoring channels of each prunable group, `fraction` of them removed (one for all groups, or
+    per group index), in their original order (ties: lower index)."""
     keep = {}
     for group in graph.prunable:
+        share = fraction if isinstance(fraction, float | int) else fraction[group.index]
         score = np.asarray(scores[group.index], dtype=np.float64)
         if score.shape != (group.channels,):
             raise CutqError(f"criterion gave {score.shape} scores for a group of {group.channels} channels")
         order = np.argsort(-score, kind="stable")
-        keep[group.index] = np.sort(order[: kept_count(group.channels, fraction, multiple)])
+        keep[group.index] = np.sort(order[: kept_count(group.channels, share, multiple)])
     return keep
 
 

@@ -193,3 +193,20 @@ def test_u2netp_at_half_is_a_valid_smaller_model(u2netp_path: Path) -> None:
     outputs = session_for(pruned).run(None, {"input.1": x})
     assert len(outputs) == 7 and all(o.shape == (1, 1, 320, 320) for o in outputs)
     assert 0 < outputs[0].mean() < 1
+
+
+def test_narrow_share_spares_the_narrow_groups_at_the_same_parameter_count(u2netp_path: Path) -> None:
+    model = onnx.load(u2netp_path)
+    graph = trace(model)
+    shapes = {conv: w.shape for conv, (w, _) in conv_weights(model).items()}
+    config = pruner.PruneConfig(0.5, narrow_share=0.25, narrow_below=64)  # u2netp: groups of 16 and 64 channels
+    fraction = pruner.channel_fraction(graph, shapes, config)
+    assert fraction > pruner.channel_fraction(graph, shapes, pruner.PruneConfig(0.5))  # the wide groups make up for it
+    keep = pruner.select(graph, importance.Magnitude(2).scores(model, graph), config.fractions(graph, fraction), 4)
+    kept_share = {g.channels: len(keep[g.index]) / g.channels for g in graph.prunable}
+    assert kept_share[16] > kept_share[64] + 0.2
+    pruned, _ = pruner.apply(model, graph, keep)
+    removed = 1 - modelstats.parameter_count(pruned) / modelstats.parameter_count(model)
+    assert 0.5 <= removed < 0.55
+    with pytest.raises(CutqError, match="narrow share"):
+        pruner.PruneConfig(0.5, narrow_share=-1)

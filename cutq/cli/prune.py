@@ -21,7 +21,7 @@ def prune(
     model: Annotated[str, typer.Option("--model", "-m", help="Variant name (u2net, u2netp, ...) or .onnx path.")],
     ratio: Annotated[float, typer.Option("--ratio", "-r", help=f"Fraction of the Conv parameters removed, in (0, "
                                          f"{MAX_RATIO}]: the same fraction of channels (about 1-sqrt(1-R), found "
-                                         "exactly) is removed from every prunable channel group.")],
+                                         "exactly) is removed from every prunable channel group (see --narrow-share).")],
     criterion: Annotated[str, typer.Option("--criterion", help=f"Channel importance: {', '.join(CRITERIA)}. activation "
                                            "(std of the channel on calibration photos x its consumers' weight norm) "
                                            "ranks what is lost once the channel's mean is compensated in the biases; "
@@ -41,13 +41,17 @@ def prune(
     ridge: Annotated[float, typer.Option("--ridge", min=0.0, help="Refit regularisation toward the sliced weights, "
                                          "scaled by each Conv's unknowns per sample: strong at U²-Net's 10x10 "
                                          "bottom, where 16 photos give fewer samples than unknowns.")] = ReconstructConfig.ridge,
+    narrow_share: Annotated[float, typer.Option("--narrow-share", min=0.0, help="Groups under 256 channels lose this "
+                                                "times the wider groups' fraction. u2net at 0.6 with 0.25 kept mask "
+                                                "SSIM about as high as the uniform 0.5 with 20% fewer parameters, but "
+                                                "more MACs: for a size limit, not a latency one.")] = 1.0,
     seed: Annotated[int, typer.Option("--seed", help="Seed for sampling and splitting photos.")] = 0,
     cache_dir: Annotated[Path | None, typer.Option("--cache-dir", help=CACHE_HELP)] = None,
 ) -> None:
     """Remove channels from every Conv group, move their mean into the next biases, refit what remains; no training."""
     with errors_exit():
         job = PruneJob(
-            model=model, prune=PruneConfig(ratio, multiple), criterion=criterion, reconstruct=reconstruct, out=out,
+            model=model, prune=PruneConfig(ratio, multiple, narrow_share), criterion=criterion, reconstruct=reconstruct, out=out,
             calib_dir=calib_dir, calib_count=calib_count, verify_dir=verify_dir, verify_count=verify_count, seed=seed,
             cache_dir=cache_dir, reconstruction=ReconstructConfig(samples=samples, ridge=ridge, seed=seed),
             finetune_epochs=finetune_epochs,
@@ -60,7 +64,7 @@ def prune(
 def print_summary(r: PruneResult) -> None:
     """Before/after: parameters, GMAC, file size; then mask SSIM against the unpruned model."""
     table = Table(title=f"{r.name}: {r.groups_pruned} channel groups, {r.channels_before} -> {r.channels_after} channels "
-                        f"({r.channel_fraction:.0%} removed per group)")
+                        f"({r.channel_fraction:.0%} removed per{' wide' * (r.narrow_share != 1)} group)")
     for column in ("", "params", "GMAC @320", "file"):
         table.add_column(column, no_wrap=True)
     for label, f in (("source", r.source), ("pruned", r.pruned)):
