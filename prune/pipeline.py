@@ -67,7 +67,6 @@ class PruneResult:
     fidelity: verify.Fidelity
     export: ExportResult
     skipped_images: tuple[str, ...]
-    narrow_share: float = 1.0  # groups under `PruneConfig.narrow_below` channels lost this times `channel_fraction`
 
 
 def default_name(source: str, ratio: float) -> str:
@@ -154,4 +153,4 @@ def run(job: PruneJob, progress: Progress = lambda message: None) -> PruneResult
     written = export(model, out, manifest, source=resolved.path)
     out.with_suffix(".ckpt").unlink(missing_ok=True)  # the fine-tune finished: nothing left to resume
     return PruneResult(out.stem, before, ModelFigures(params, macs, written.size_bytes), len(keep), *channels, fraction, report,
-                       fidelity, written, calib.skipped + checked.skipped, job.prune.narrow_share)
+                       fidelity, written, calib.skipped + checked.skipped)

@@ -58,13 +58,13 @@ def prune(
         )
         with err.status(f"Pruning {model}") as status:
             result = run(job, progress=lambda message: status.update(f"Pruning {model}: {message}"))
-    print_summary(result)
+    print_summary(result, job.prune)
 
 
-def print_summary(r: PruneResult) -> None:
+def print_summary(r: PruneResult, config: PruneConfig) -> None:
     """Before/after: parameters, GMAC, file size; then mask SSIM against the unpruned model."""
     table = Table(title=f"{r.name}: {r.groups_pruned} channel groups, {r.channels_before} -> {r.channels_after} channels "
-                        f"({r.channel_fraction:.0%} removed per{' wide' * (r.narrow_share != 1)} group)")
+                        f"({r.channel_fraction:.0%} removed per{' wide' * (config.narrow_share != 1)} group)")
     for column in ("", "params", "GMAC @320", "file"):
         table.add_column(column, no_wrap=True)
     for label, f in (("source", r.source), ("pruned", r.pruned)):
