@@ -64,6 +64,10 @@ def macs_by_conv(model: onnx.ModelProto, input_shape: tuple[int, ...] = (1, 3, 3
 
 
 def _weight_source(name: str, producers: dict[str, onnx.NodeProto]) -> str:
-    """The initializer behind a Conv weight, looking through a QDQ model's DequantizeLinear."""
+    """The initializer behind a Conv weight, looking through a QDQ model's DequantizeLinear and the Cast that
+    widens 4-bit weights (see `quantize/pack.py`)."""
     node = producers.get(name)
-    return node.input[0] if node is not None and node.op_type == "DequantizeLinear" else name
+    while node is not None and node.op_type in ("DequantizeLinear", "Cast"):
+        name = node.input[0]
+        node = producers.get(name)
+    return name

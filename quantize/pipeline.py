@@ -1,5 +1,5 @@
 """`cutq quantize` as a composition of steps: opset -> graph -> center -> equalize -> calibrate -> qdq -> search
--> thin -> verify -> export.
+-> thin -> pack (optional 4-bit weights) -> verify -> export.
 
 Each step is a plain function in its own module; this file only wires them, measures, and records what
 each did in the manifest, so a variant can be reproduced from it.
@@ -20,13 +20,14 @@ from cutq_runtime import models
 from cutq_runtime.errors import OutputError
 from cutq_runtime.fsutil import file_digest
 
-from . import calibration_set, mixed, verify
+from . import calibration_set, mixed, pack, verify
 from .calibrate import CalibrationConfig, compute_ranges
 from .center import CenterConfig, center
 from .equalize import EqualizeConfig, equalize
 from .export import ExportResult, export
 from .graph import GraphConfig, preprocess_graph
 from .opset import OpsetConfig, upgrade_opset
+from .pack import PackConfig, PackReport, pack_int4
 from .qdq import QuantConfig, quantize_qdq
 from .search import FloatNode, SearchConfig, search
 from .thin import ThinConfig, split_thin_convs
@@ -36,6 +37,7 @@ DEFAULT_CALIB_DIR = ROOT / "calibration_data"
 MIN_IMAGES = 2
 # How the INT8 variant is served (read by cutq_runtime.session): its float head is faster without NCHWc.
 SESSION = {"disabled_optimizers": ["NchwcTransformer"]}
+W4_NOTE = " (large Convs: 4-bit weights)"
 
 
 @dataclass(frozen=True)
@@ -58,6 +60,7 @@ class QuantizeJob:
     quant: QuantConfig = field(default_factory=QuantConfig)
     search: SearchConfig = field(default_factory=SearchConfig)
     thin: ThinConfig = field(default_factory=ThinConfig)
+    pack: PackConfig = field(default_factory=PackConfig)
 
 
 @dataclass(frozen=True)
@@ -75,6 +78,7 @@ class QuantizeResult:
     float_mac_share: float = 0.0  # share of the model's MACs that run in float (head + search)
     equalized_channels: int = 0  # outlier channels whose range was moved into the next Convs' weights
     centered_channels: int = 0  # near-constant channels whose offset was moved into the next Convs' biases
+    packed: PackReport | None = None  # Convs whose weights are stored at 4 bits
 
 
 Progress = Callable[[str], None]
@@ -102,7 +106,8 @@ def _latency_ratio(reference: onnx.ModelProto, candidate: onnx.ModelProto, tenso
 
 
 def _default_out(job: QuantizeJob, name: str) -> Path:
-    return models.cache_dir(job.cache_dir) / f"{name}-int8.onnx"
+    suffix = "-int8w4" if job.pack.enabled else "-int8"
+    return models.cache_dir(job.cache_dir) / f"{name}{suffix}.onnx"
 
 
 def run(job: QuantizeJob, progress: Progress = lambda message: None) -> QuantizeResult:
@@ -133,6 +138,7 @@ def run(job: QuantizeJob, progress: Progress = lambda message: None) -> Quantize
     head = tuple(n for n in mixed.output_head(equalized) if n in set(mixed.float_nodes(found.model)))
     float_share = found.float_mac_share
     final, thin = split_thin_convs(found.model, job.thin)
+    final, packed = pack_int4(final, job.pack)
     progress("verifying on held-out images")
     # The reference is the float model before equalization: what the user's FP32 model computes.
     fidelity = verify.compare(verify.masks(verify.session_for(model), checked.tensors),
@@ -140,10 +146,11 @@ def run(job: QuantizeJob, progress: Progress = lambda message: None) -> Quantize
     reached = fidelity.ssim_min >= job.search.target_ssim
     manifest = {
         "name": out.with_suffix("").name,
-        "description": f"INT8 {resolved.name}, SSIM min {fidelity.ssim_min:.3f} vs FP32",
+        "description": f"INT8 {resolved.name}{W4_NOTE * bool(packed.convs)}, SSIM min {fidelity.ssim_min:.3f} vs FP32",
         "input": models.input_spec_dict(resolved.input),
         "source": {"name": resolved.name, "path": str(resolved.path), "sha256": file_digest(resolved.path, "sha256")},
         "session": SESSION,
+        **({"requires": {"onnxruntime": pack.MIN_ONNXRUNTIME}} if packed.convs else {}),
         "steps": [
             {"step": "opset", **asdict(job.opset), **asdict(opset_report)},
             {"step": "graph", **asdict(job.graph), **asdict(graph_report)},
@@ -157,6 +164,8 @@ def run(job: QuantizeJob, progress: Progress = lambda message: None) -> Quantize
             {"step": "mixed_precision", **asdict(job.search),
              "float_nodes": [asdict(n) for n in found.float_nodes], "float_mac_share": float_share},
             {"step": "thin_convs", **asdict(job.thin), "split": list(thin)},
+            {"step": "pack_int4", **asdict(job.pack), "convs": list(packed.convs), "weights": packed.weights,
+             "int8_weights": packed.int8_weights},
         ],
         "verification": {"images": [p.name for p in checked.paths], "fingerprint": checked.fingerprint,
                          "ssim_min": fidelity.ssim_min, "ssim_mean": fidelity.ssim_mean, "mae_mean": fidelity.mae_mean,
@@ -167,4 +176,4 @@ def run(job: QuantizeJob, progress: Progress = lambda message: None) -> Quantize
     written = export(final, out, manifest, source=resolved.path)
     return QuantizeResult(resolved.name, resolved.path, written, resolved.path.stat().st_size, fidelity,
                           found.float_nodes, ratio, reached, calib.skipped + checked.skipped, head, float_share,
-                          len(eq_report.channels), len(center_report.channels))
+                          len(eq_report.channels), len(center_report.channels), packed)

@@ -11,7 +11,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from cutq import metrics
-from cutq.quantize import mixed, sensitivity, verify
+from cutq.quantize import mixed, pack, sensitivity, verify
 from cutq.quantize.calibrate import CalibrationConfig, compute_ranges
 from cutq.quantize.export import export
 from cutq.quantize.qdq import QuantConfig, quantize_qdq
@@ -198,3 +198,60 @@ def test_ssim_reference_values() -> None:
     assert metrics.ssim(a, 1 - a) < 0
     assert metrics.mae(a, a * 0.5) == pytest.approx(0.125)
     assert metrics.iou(a, a) == 1.0 and metrics.iou(a, np.zeros_like(a)) == 0.0
+
+
+def _fused(model: onnx.ModelProto, tmp_path: Path) -> list[str]:
+    """The op types ONNX Runtime runs after its graph optimizations, read back from the optimized model."""
+    options = ort.SessionOptions()
+    options.optimized_model_filepath = str(tmp_path / "optimized.onnx")
+    ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"],
+                         disabled_optimizers=["NchwcTransformer"])
+    return [n.op_type for n in onnx.load(options.optimized_model_filepath).graph.node]
+
+
+def test_int4_weights_are_stored_small_and_still_fused_into_int8_convs(quantized, tmp_path: Path) -> None:
+    _, qdq = quantized
+    unchanged, report = pack.pack_int4(qdq, pack.PackConfig(min_weights=0))
+    assert report.convs == () and unchanged.SerializeToString() == qdq.SerializeToString()
+    packed, report = pack.pack_int4(qdq, pack.PackConfig(min_weights=1))
+    assert len(report.convs) == 2 and report.weights == report.int8_weights > 0
+    int4 = [t for t in packed.graph.initializer if t.data_type == TensorProto.INT4]
+    assert len(int4) == 2 and all(len(t.raw_data) == (int(np.prod(t.dims)) + 1) // 2 for t in int4)
+    assert next(o.version for o in packed.opset_import if o.domain in ("", "ai.onnx")) >= pack.INT4_OPSET
+    # The INT4 Cast is folded at load time, so ONNX Runtime fuses the same integer Convs as in the INT8 model.
+    assert _fused(packed, tmp_path).count("QLinearConv") == _fused(qdq, tmp_path).count("QLinearConv") == 2
+    fp32 = _run(quantized[0])
+    error8, error4 = (np.mean([np.abs(a - b).mean() for a, b in zip(fp32, _run(m), strict=True)]) for m in (qdq, packed))
+    assert error8 < error4 < 0.25 * np.mean([np.abs(a).mean() for a in fp32])  # 4 bits cost accuracy, but bounded
+    # ONNX Runtime reads the packed nibbles back as the 4-bit values computed from the INT8 weights.
+    inits = {t.name: numpy_helper.to_array(t) for t in qdq.graph.initializer}
+    producer = {o: n for n in qdq.graph.node for o in n.output}
+    dq = producer[next(n for n in qdq.graph.node if n.op_type == "Conv").input[1]]
+    want, _ = pack._to_int4(inits[dq.input[0]] * inits[dq.input[1]].reshape(-1, 1, 1, 1))
+    stored = next(t for t in int4 if t.name == f"{dq.input[0]}_int4")
+    weights = helper.make_tensor("w", TensorProto.INT4, stored.dims, stored.raw_data, raw=True)
+    reader = helper.make_model(helper.make_graph(
+        [helper.make_node("Cast", ["w"], ["y"], to=TensorProto.INT8)], "read", [],
+        [helper.make_tensor_value_info("y", TensorProto.INT8, None)], [weights]),
+        opset_imports=[helper.make_opsetid("", 21)], ir_version=10)
+    got = ort.InferenceSession(reader.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {})[0]
+    assert got.dtype == np.int8 and np.array_equal(got, want) and want.min() < 0 < want.max()
+    again, _ = pack.pack_int4(qdq, pack.PackConfig(min_weights=1))
+    assert again.SerializeToString() == packed.SerializeToString()
+
+
+def test_int4_threshold_leaves_small_convs_at_eight_bits(quantized) -> None:
+    _, qdq = quantized
+    sizes = sorted(numpy_helper.to_array(t).size for t in qdq.graph.initializer if t.data_type == TensorProto.INT8)
+    _, report = pack.pack_int4(qdq, pack.PackConfig(min_weights=sizes[-1]))
+    assert len(report.convs) == 1 and report.weights == sizes[-1] < report.int8_weights
+
+
+def test_a_variant_needing_a_newer_onnxruntime_is_refused_by_name(quantized, tmp_path: Path) -> None:
+    path = tmp_path / "needs-future.onnx"
+    onnx.save(quantized[1], path)
+    models.write_manifest(path, {"name": "needs-future", "requires": {"onnxruntime": "999.1"}})
+    with pytest.raises(CutqError, match=r"needs-future.onnx: needs onnxruntime >= 999.1"):
+        new_session(str(path))
+    models.write_manifest(path, {"name": "needs-future", "requires": {"onnxruntime": "1.0"}})
+    assert new_session(str(path)).name

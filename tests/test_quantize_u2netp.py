@@ -73,8 +73,9 @@ def test_variant_files_manifest_and_serving(result: QuantizeResult, tmp_path: Pa
     assert written.size_bytes < 0.4 * result.source_size
     manifest = json.loads(written.manifest_path.read_text())
     assert [s["step"] for s in manifest["steps"]] == ["opset", "graph", "center", "equalize", "calibrate", "quantize",
-                                                      "mixed_precision", "thin_convs"]
+                                                      "mixed_precision", "thin_convs", "pack_int4"]
     steps = {s["step"]: s for s in manifest["steps"]}
+    assert steps["pack_int4"]["convs"] == [] and "requires" not in manifest  # 4-bit weights are opt-in
     assert "Conv_945" in steps["thin_convs"]["split"]  # the full-resolution side-output Conv, 64 -> 1 channel
     assert set(steps["calibrate"]["images"]).isdisjoint(manifest["verification"]["images"])
     assert steps["equalize"]["max_output_change"] < 1e-3 and steps["equalize"]["channels"]
@@ -118,3 +119,21 @@ def test_bad_input_is_a_clear_error(tmp_path: Path, u2netp_path: Path) -> None:
     proc = _cli("--model", str(u2netp_path), "--out", str(u2netp_path))
     assert proc.returncode == 2 and "refusing to overwrite" in proc.stderr
     assert not list(tmp_path.glob("o.*"))
+
+
+def test_int4_weights_make_a_smaller_variant_served_like_int8(u2netp_path: Path, tmp_path: Path) -> None:
+    cache = tmp_path / "cache"
+    proc = _cli("--model", str(u2netp_path), "--int4-min-weights", "30000", "--calib-count", "4", "--verify-count", "2",
+                "--max-float-nodes", "0", "--cache-dir", str(cache))
+    assert proc.returncode in (0, 1), proc.stderr  # 1: SSIM target missed, the model is still written
+    assert proc.returncode == 0 or "raise --int4-min-weights" in proc.stderr
+    assert "4-bit weights:" in proc.stderr
+    path = cache / f"{u2netp_path.stem}-int8w4.onnx"
+    manifest = json.loads(path.with_suffix(".json").read_text())
+    step = next(s for s in manifest["steps"] if s["step"] == "pack_int4")
+    assert step["min_weights"] == 30000 and step["convs"] and step["weights"] < step["int8_weights"]
+    assert manifest["requires"] == {"onnxruntime": "1.23"} and "4-bit" in manifest["description"]
+    int4 = [t for t in onnx.load(path).graph.initializer if t.data_type == onnx.TensorProto.INT4]
+    assert len(int4) == len(step["convs"])
+    alpha = decode_rgba(remove((CALIBRATION / "chelsea.png").read_bytes(), session=new_session(path)))[..., 3]
+    assert 0 < alpha.mean() < 255

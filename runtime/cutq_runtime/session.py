@@ -7,6 +7,7 @@ serve many requests at once.
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -54,6 +55,7 @@ class Session:
     def __init__(self, model: ResolvedModel, config: SessionConfig | None = None) -> None:
         self.model = model
         self.config = config or SessionConfig()
+        check_requirements(model.manifest, model.path)
         self.disabled_optimizers = disabled_optimizers(model.manifest)
         self.inference = _load(model.path, self.config, self.disabled_optimizers)
         _check_io(self.inference, model.path)
@@ -106,6 +108,22 @@ def disabled_optimizers(manifest: dict | None) -> tuple[str, ...]:
     if not isinstance(wanted, list | tuple) or not all(isinstance(name, str) for name in wanted):
         raise ModelError(f"manifest: session.disabled_optimizers must be a list of names, not {wanted!r}")
     return tuple(wanted)
+
+
+def check_requirements(manifest: dict | None, path: Path) -> None:
+    """Refuse, with the fix, a variant whose manifest needs a newer onnxruntime (`requires.onnxruntime`).
+
+    Variants with 4-bit weights need ONNX Runtime 1.23 for its INT4 Cast kernel; older versions fail at load
+    time with a message about a missing Cast implementation, which does not say what to do."""
+    needed = str(((manifest or {}).get("requires") or {}).get("onnxruntime", "") or "")
+    if needed and _version(ort.__version__) < _version(needed):
+        raise ModelError(f"{path}: needs onnxruntime >= {needed}, this is {ort.__version__} "
+                         f"(pip install -U 'onnxruntime>={needed}')")
+
+
+def _version(text: str) -> tuple[int, ...]:
+    """Leading numeric release parts: '1.23.0rc1' -> (1, 23, 0)."""
+    return tuple(int(match.group()) if (match := re.match(r"\d+", piece)) else 0 for piece in text.split(".")[:3])
 
 
 def _load(path: Path, config: SessionConfig, disabled: tuple[str, ...] = ()) -> ort.InferenceSession:
