@@ -2,7 +2,8 @@
 
 Almost all of U²-Net's bytes are Conv weights in its wide, low-resolution stages, where few of its MACs
 are. Each such weight is re-quantized to a signed 4-bit integer (per output channel, symmetric, the scale
-set by the channel's largest weight: an MSE-chosen clip lost more mask SSIM on u2net-p50) and stored as
+set by the channel's largest weight: an MSE-chosen clip lost more mask SSIM on u2net-p50), rounded with
+GPTQ on the calibration photos when they are given (`gptq.py`; nearest rounding otherwise), and stored as
 an INT4 initializer followed by `Cast(to=INT8)`. The Cast has a constant input, so ONNX Runtime folds it
 when the session is created and the Conv is fused into QLinearConv as before: the file shrinks and the
 session runs exactly as fast as the all-INT8 one. A direct INT4 DequantizeLinear would not be fused, and
@@ -17,12 +18,16 @@ says so before loading.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 
 import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+from cutq_runtime.errors import CutqError
+
+from .gptq import GptqConfig, input_grams, round_to_grid
 from .mixed import drop_unused_initializers
 
 INT4_OPSET = 21
@@ -36,6 +41,12 @@ class PackConfig:
 
     min_weights: int = 0
     only: frozenset[str] | None = None  # restrict to these Conv names (None: every large Conv)
+    rounding: str = "gptq"  # or "nearest"; GPTQ needs calibration tensors and falls back to nearest without
+    gptq: GptqConfig = field(default_factory=GptqConfig)
+
+    def __post_init__(self) -> None:
+        if self.rounding not in ("gptq", "nearest"):
+            raise CutqError(f"--int4-rounding must be 'gptq' or 'nearest', not {self.rounding!r}")
 
     @property
     def enabled(self) -> bool:
@@ -47,19 +58,23 @@ class PackReport:
     convs: tuple[str, ...]  # Convs whose weights are stored at 4 bits
     weights: int  # how many weights that is
     int8_weights: int  # all INT8 Conv weights in the model, for the share
+    rounding: str = "nearest"  # what was used: "gptq" or "nearest"
 
 
-def pack_int4(model: onnx.ModelProto, config: PackConfig | None = None) -> tuple[onnx.ModelProto, PackReport]:
-    """A copy of a QDQ model with the weights of its large INT8 Convs stored at 4 bits."""
+def pack_int4(model: onnx.ModelProto, config: PackConfig | None = None, tensors: Sequence[np.ndarray] = (),
+              progress: Callable[[str], None] = lambda message: None) -> tuple[onnx.ModelProto, PackReport]:
+    """A copy of a QDQ model with the weights of its large INT8 Convs stored at 4 bits.
+
+    `tensors` are calibration inputs for GPTQ rounding (config.rounding "gptq"); without them each weight
+    is rounded to its nearest 4-bit step."""
     config = config or PackConfig()
     out = onnx.ModelProto()
     out.CopyFrom(model)
     graph = out.graph
     inits = {t.name: t for t in graph.initializer}
     producer = {o: n for n in graph.node for o in n.output}
-    casts: list[onnx.NodeProto] = []
-    packed: list[str] = []
-    moved = total = 0
+    chosen: list[tuple[onnx.NodeProto, onnx.NodeProto, np.ndarray]] = []  # (Conv, weight DQ, float weights)
+    total = 0
     for node in graph.node:
         dq = producer.get(node.input[1]) if node.op_type == "Conv" else None
         if dq is None or dq.op_type != "DequantizeLinear" or inits.get(dq.input[0]) is None:
@@ -68,20 +83,26 @@ def pack_int4(model: onnx.ModelProto, config: PackConfig | None = None) -> tuple
         if q.dtype != np.int8:
             continue
         total += q.size
-        chosen = config.only is None or node.name in config.only
-        if not config.enabled or not chosen or q.size < config.min_weights or not _per_channel_symmetric(dq, inits, q):
-            continue
-        scale = numpy_helper.to_array(inits[dq.input[1]]).astype(np.float32)
-        q4, scale4 = _to_int4(q.astype(np.float32) * scale.reshape(-1, *[1] * (q.ndim - 1)))
+        wanted = config.only is None or node.name in config.only
+        if config.enabled and wanted and q.size >= config.min_weights and _per_channel_symmetric(dq, inits, q):
+            scale = numpy_helper.to_array(inits[dq.input[1]]).astype(np.float32)
+            chosen.append((node, dq, q.astype(np.float32) * scale.reshape(-1, *[1] * (q.ndim - 1))))
+    gptq = config.rounding == "gptq" and bool(tensors) and bool(chosen)
+    grams = input_grams(model, [c for c, _, _ in chosen], [w.shape for _, _, w in chosen], tensors,
+                        lambda done: progress(f"4-bit weights: input statistics, photo {done}/{len(tensors)}")) if gptq else []
+    casts: list[onnx.NodeProto] = []
+    for i, (node, dq, w) in enumerate(chosen):
+        q4, scale4 = _to_int4(w)
+        if gptq:
+            progress(f"4-bit weights: GPTQ rounding, Conv {i + 1}/{len(chosen)}")
+            q4 = round_to_grid(w.reshape(len(w), -1), scale4, grams[i], config.gptq).reshape(w.shape)
         name = f"{dq.input[0]}_int4"
         graph.initializer.extend([_int4_tensor(name, q4), numpy_helper.from_array(scale4, f"{dq.input[1]}_int4")])
         casts.append(helper.make_node("Cast", [name], [f"{name}_as_int8"], name=f"{name}_widen", to=TensorProto.INT8))
         dq.input[0], dq.input[1] = f"{name}_as_int8", f"{dq.input[1]}_int4"
         if len(node.input) > 2 and node.input[2]:
             _requantize_bias(graph, producer, inits, node, scale4)
-        packed.append(node.name)
-        moved += q.size
-    if packed:
+    if chosen:
         nodes = casts + list(graph.node)
         del graph.node[:]
         graph.node.extend(nodes)
@@ -90,7 +111,9 @@ def pack_int4(model: onnx.ModelProto, config: PackConfig | None = None) -> tuple
             if opset.domain in ("", "ai.onnx"):
                 opset.version = max(opset.version, INT4_OPSET)
         out.ir_version = max(out.ir_version, INT4_MIN_IR)
-    return out, PackReport(tuple(packed), moved, total)
+    report = PackReport(tuple(c.name for c, _, _ in chosen), sum(w.size for _, _, w in chosen), total,
+                        "gptq" if gptq else "nearest")
+    return out, report
 
 
 def _per_channel_symmetric(dq: onnx.NodeProto, inits: dict, q: np.ndarray) -> bool:

@@ -138,7 +138,7 @@ def run(job: QuantizeJob, progress: Progress = lambda message: None) -> Quantize
     head = tuple(n for n in mixed.output_head(equalized) if n in set(mixed.float_nodes(found.model)))
     float_share = found.float_mac_share
     final, thin = split_thin_convs(found.model, job.thin)
-    final, packed = pack_int4(final, job.pack)
+    final, packed = pack_int4(final, job.pack, calib.tensors, progress)
     progress("verifying on held-out images")
     # The reference is the float model before equalization: what the user's FP32 model computes.
     fidelity = verify.compare(verify.masks(verify.session_for(model), checked.tensors),
@@ -164,8 +164,9 @@ def run(job: QuantizeJob, progress: Progress = lambda message: None) -> Quantize
             {"step": "mixed_precision", **asdict(job.search),
              "float_nodes": [asdict(n) for n in found.float_nodes], "float_mac_share": float_share},
             {"step": "thin_convs", **asdict(job.thin), "split": list(thin)},
-            {"step": "pack_int4", **asdict(job.pack), "convs": list(packed.convs), "weights": packed.weights,
-             "int8_weights": packed.int8_weights},
+            {"step": "pack_int4", **asdict(job.pack), "only": sorted(job.pack.only or ()) or None,
+             "convs": list(packed.convs), "weights": packed.weights, "int8_weights": packed.int8_weights,
+             "rounding_used": packed.rounding},
         ],
         "verification": {"images": [p.name for p in checked.paths], "fingerprint": checked.fingerprint,
                          "ssim_min": fidelity.ssim_min, "ssim_mean": fidelity.ssim_mean, "mae_mean": fidelity.mae_mean,

@@ -29,6 +29,8 @@ TENSOR_HEADROOM_HELP = ("Equalization also scales down a channel (or a whole Con
 INT4_HELP = ("Store the weights of every INT8 Conv with at least this many weights at 4 bits (0: off), written as "
              "<name>-int8w4. The Convs still run at 8 bits, so latency is unchanged; the file is smaller and the masks "
              "a little less faithful (u2net-p50: 22.2 -> 12.6 MB at 200000; see the README). Needs onnxruntime >= 1.23 to load.")
+ROUNDING_HELP = ("gptq: round the 4-bit weights so each Conv's output on the calibration photos stays closest to the "
+                 "INT8 one (a few minutes for u2net); nearest: round each weight on its own.")
 VERIFY_HELP = "Held-out photos to measure fidelity on. Default: split --calib-dir by scene, half for each."
 
 
@@ -48,6 +50,7 @@ def quantize(
     target_ssim: Annotated[float, typer.Option("--target-ssim", min=0, max=1, help="Minimum mask SSIM vs FP32.")] = 0.98,
     max_float_nodes: Annotated[int, typer.Option("--max-float-nodes", min=0, help="Give up after this many.")] = 8,
     int4_min_weights: Annotated[int, typer.Option("--int4-min-weights", min=0, help=INT4_HELP)] = 0,
+    int4_rounding: Annotated[str, typer.Option("--int4-rounding", help=ROUNDING_HELP)] = "gptq",
     seed: Annotated[int, typer.Option("--seed", help="Seed for sampling and splitting photos.")] = 0,
     cache_dir: Annotated[Path | None, typer.Option("--cache-dir", help=CACHE_HELP)] = None,
 ) -> None:
@@ -66,7 +69,7 @@ def quantize(
                 center=CenterConfig(enabled=center), equalize=EqualizeConfig(enabled=equalize, tensor_headroom=tensor_headroom),
                 calibration=CalibrationConfig(method=method, percentile=percentile),
                 search=SearchConfig(target_ssim=target_ssim, max_float_nodes=max_float_nodes),
-                pack=PackConfig(min_weights=int4_min_weights),
+                pack=PackConfig(min_weights=int4_min_weights, rounding=int4_rounding),
             )
             with err.status(f"Quantizing {name}") as status:
                 results.append(run(job, progress=lambda message, n=name: status.update(f"Quantizing {n}: {message}")))
@@ -104,7 +107,7 @@ def print_summary(results: list[QuantizeResult], target_ssim: float) -> None:
             err.print(f"  centered: {r.centered_channels} near-constant channel(s), offset moved into the next Convs' biases")
         if r.packed and r.packed.convs:
             err.print(f"  4-bit weights: {len(r.packed.convs)} Conv(s), {r.packed.weights / max(r.packed.int8_weights, 1):.0%} "
-                      "of the INT8 weights")
+                      f"of the INT8 weights, {r.packed.rounding} rounding")
         if r.equalized_channels:
             err.print(f"  equalized: {r.equalized_channels} outlier channel(s) scaled into the next Convs' weights")
         for n in r.float_nodes:
