@@ -253,6 +253,9 @@ def test_a_variant_needing_a_newer_onnxruntime_is_refused_by_name(quantized, tmp
     models.write_manifest(path, {"name": "needs-future", "requires": {"onnxruntime": "999.1"}})
     with pytest.raises(CutqError, match=r"needs-future.onnx: needs onnxruntime >= 999.1"):
         new_session(str(path))
+    models.write_manifest(path, {"name": "needs-future", "requires": "onnxruntime"})
+    with pytest.raises(CutqError, match=r"'requires' must be a mapping"):
+        new_session(str(path))
     models.write_manifest(path, {"name": "needs-future", "requires": {"onnxruntime": "1.0"}})
     assert new_session(str(path)).name
 

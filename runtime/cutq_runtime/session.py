@@ -115,7 +115,10 @@ def check_requirements(manifest: dict | None, path: Path) -> None:
 
     Variants with 4-bit weights need ONNX Runtime 1.23 for its INT4 Cast kernel; older versions fail at load
     time with a message about a missing Cast implementation, which does not say what to do."""
-    needed = str(((manifest or {}).get("requires") or {}).get("onnxruntime", "") or "")
+    requires = (manifest or {}).get("requires") or {}
+    if not isinstance(requires, dict):
+        raise ModelError(f"{path}: manifest 'requires' must be a mapping like {{\"onnxruntime\": \"1.23\"}}, not {requires!r}")
+    needed = str(requires.get("onnxruntime", "") or "")
     if needed and _version(ort.__version__) < _version(needed):
         raise ModelError(f"{path}: needs onnxruntime >= {needed}, this is {ort.__version__} "
                          f"(pip install -U 'onnxruntime>={needed}')")
