@@ -29,6 +29,11 @@ class Geometry:
         return cls(tuple(weight.shape[2:]), tuple(attrs.get("pads", (0, 0, 0, 0))), tuple(attrs.get("strides", (1, 1))),
                    tuple(attrs.get("dilations", (1, 1))))
 
+    def output_size(self, size: tuple[int, ...]) -> tuple[int, int]:
+        """(height, width) of the Conv's output for an input of spatial `size`."""
+        return tuple((size[a] + self.pads[a] + self.pads[a + 2] - self.dilations[a] * (self.kernel[a] - 1) - 1)
+                     // self.strides[a] + 1 for a in (0, 1))
+
     def coverage(self, size: tuple[int, int]) -> np.ndarray:
         """[kh, kw]: the fraction of output positions at which each kernel tap reads the input, not padding.
 
@@ -36,11 +41,8 @@ class Geometry:
         so a constant input contributes far less than the kernel sum times the constant.
         """
         axes = []
-        for axis in (0, 1):
-            before, after = self.pads[axis], self.pads[axis + 2]
-            span = self.dilations[axis] * (self.kernel[axis] - 1) + 1
-            outputs = (size[axis] + before + after - span) // self.strides[axis] + 1
-            starts = np.arange(outputs) * self.strides[axis] - before
+        for axis, outputs in enumerate(self.output_size(size)):
+            starts = np.arange(outputs) * self.strides[axis] - self.pads[axis]
             taps = starts[None, :] + np.arange(self.kernel[axis])[:, None] * self.dilations[axis]
             axes.append(((taps >= 0) & (taps < size[axis])).mean(axis=1))
         return np.outer(*axes)

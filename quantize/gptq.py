@@ -45,11 +45,9 @@ def input_grams(model: onnx.ModelProto, convs: Sequence[onnx.NodeProto], weight_
     return grams
 
 
-def _positions(size: tuple[int, ...], g: Geometry) -> tuple[np.ndarray, np.ndarray]:
+def _positions(size: tuple[int, ...], geometry: Geometry) -> tuple[np.ndarray, np.ndarray]:
     """Every output position of the Conv, row-major."""
-    out = [(size[a] + g.pads[a] + g.pads[a + 2] - g.dilations[a] * (g.kernel[a] - 1) - 1) // g.strides[a] + 1
-           for a in (0, 1)]
-    ys, xs = np.meshgrid(np.arange(out[0]), np.arange(out[1]), indexing="ij")
+    ys, xs = np.meshgrid(*(np.arange(n) for n in geometry.output_size(size)), indexing="ij")
     return ys.reshape(-1), xs.reshape(-1)
 
 

@@ -40,7 +40,6 @@ class PackConfig:
     """Convs with at least `min_weights` INT8 weights get 4-bit weights; 0 leaves every Conv at 8 bits."""
 
     min_weights: int = 0
-    only: frozenset[str] | None = None  # restrict to these Conv names (None: every large Conv)
     rounding: str = "gptq"  # or "nearest"; GPTQ needs calibration tensors and falls back to nearest without
     gptq: GptqConfig = field(default_factory=GptqConfig)
 
@@ -68,6 +67,8 @@ def pack_int4(model: onnx.ModelProto, config: PackConfig | None = None, tensors:
     `tensors` are calibration inputs for GPTQ rounding (config.rounding "gptq"); without them each weight
     is rounded to its nearest 4-bit step."""
     config = config or PackConfig()
+    if not config.enabled:  # the default: no copy of the model, nothing read
+        return model, PackReport((), 0, 0)
     out = onnx.ModelProto()
     out.CopyFrom(model)
     graph = out.graph
@@ -77,16 +78,15 @@ def pack_int4(model: onnx.ModelProto, config: PackConfig | None = None, tensors:
     total = 0
     for node in graph.node:
         dq = producer.get(node.input[1]) if node.op_type == "Conv" else None
-        if dq is None or dq.op_type != "DequantizeLinear" or inits.get(dq.input[0]) is None:
+        weight = inits.get(dq.input[0]) if dq is not None and dq.op_type == "DequantizeLinear" else None
+        if weight is None or weight.data_type != TensorProto.INT8:
             continue
-        q = numpy_helper.to_array(inits[dq.input[0]])
-        if q.dtype != np.int8:
-            continue
-        total += q.size
-        wanted = config.only is None or node.name in config.only
-        if config.enabled and wanted and q.size >= config.min_weights and _per_channel_symmetric(dq, inits, q):
+        size = int(np.prod(weight.dims))
+        total += size
+        if size >= config.min_weights and _per_channel_symmetric(dq, inits, weight):
             scale = numpy_helper.to_array(inits[dq.input[1]]).astype(np.float32)
-            chosen.append((node, dq, q.astype(np.float32) * scale.reshape(-1, *[1] * (q.ndim - 1))))
+            q = numpy_helper.to_array(weight).astype(np.float32)
+            chosen.append((node, dq, q * scale.reshape(-1, *[1] * (q.ndim - 1))))
     gptq = config.rounding == "gptq" and bool(tensors) and bool(chosen)
     grams = input_grams(model, [c for c, _, _ in chosen], [w.shape for _, _, w in chosen], tensors,
                         lambda done: progress(f"4-bit weights: input statistics, photo {done}/{len(tensors)}")) if gptq else []
@@ -116,12 +116,12 @@ def pack_int4(model: onnx.ModelProto, config: PackConfig | None = None, tensors:
     return out, report
 
 
-def _per_channel_symmetric(dq: onnx.NodeProto, inits: dict, q: np.ndarray) -> bool:
+def _per_channel_symmetric(dq: onnx.NodeProto, inits: dict, weight: onnx.TensorProto) -> bool:
     """Only per-output-channel scales with zero points of 0 are re-quantized (what cutq's QDQ step writes)."""
     axis = next((a.i for a in dq.attribute if a.name == "axis"), 1)
     scale = numpy_helper.to_array(inits[dq.input[1]]) if dq.input[1] in inits else None
     zero = numpy_helper.to_array(inits[dq.input[2]]) if len(dq.input) > 2 and dq.input[2] in inits else np.zeros(1)
-    return scale is not None and scale.shape == (q.shape[0],) and axis == 0 and not np.any(zero)
+    return scale is not None and scale.shape == (weight.dims[0],) and axis == 0 and not np.any(zero)
 
 
 def _to_int4(w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

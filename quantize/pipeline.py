@@ -20,14 +20,14 @@ from cutq_runtime import models
 from cutq_runtime.errors import OutputError
 from cutq_runtime.fsutil import file_digest
 
-from . import calibration_set, mixed, pack, verify
+from . import calibration_set, mixed, verify
 from .calibrate import CalibrationConfig, compute_ranges
 from .center import CenterConfig, center
 from .equalize import EqualizeConfig, equalize
 from .export import ExportResult, export
 from .graph import GraphConfig, preprocess_graph
 from .opset import OpsetConfig, upgrade_opset
-from .pack import PackConfig, PackReport, pack_int4
+from .pack import MIN_ONNXRUNTIME, PackConfig, PackReport, pack_int4
 from .qdq import QuantConfig, quantize_qdq
 from .search import FloatNode, SearchConfig, search
 from .thin import ThinConfig, split_thin_convs
@@ -150,7 +150,7 @@ def run(job: QuantizeJob, progress: Progress = lambda message: None) -> Quantize
         "input": models.input_spec_dict(resolved.input),
         "source": {"name": resolved.name, "path": str(resolved.path), "sha256": file_digest(resolved.path, "sha256")},
         "session": SESSION,
-        **({"requires": {"onnxruntime": pack.MIN_ONNXRUNTIME}} if packed.convs else {}),
+        **({"requires": {"onnxruntime": MIN_ONNXRUNTIME}} if packed.convs else {}),
         "steps": [
             {"step": "opset", **asdict(job.opset), **asdict(opset_report)},
             {"step": "graph", **asdict(job.graph), **asdict(graph_report)},
@@ -164,9 +164,8 @@ def run(job: QuantizeJob, progress: Progress = lambda message: None) -> Quantize
             {"step": "mixed_precision", **asdict(job.search),
              "float_nodes": [asdict(n) for n in found.float_nodes], "float_mac_share": float_share},
             {"step": "thin_convs", **asdict(job.thin), "split": list(thin)},
-            {"step": "pack_int4", **asdict(job.pack), "only": sorted(job.pack.only or ()) or None,
-             "convs": list(packed.convs), "weights": packed.weights, "int8_weights": packed.int8_weights,
-             "rounding_used": packed.rounding},
+            {"step": "pack_int4", **asdict(job.pack), "convs": list(packed.convs), "weights": packed.weights,
+             "int8_weights": packed.int8_weights, "rounding_used": packed.rounding},
         ],
         "verification": {"images": [p.name for p in checked.paths], "fingerprint": checked.fingerprint,
                          "ssim_min": fidelity.ssim_min, "ssim_mean": fidelity.ssim_mean, "mae_mean": fidelity.mae_mean,
