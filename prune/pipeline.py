@@ -99,7 +99,8 @@ def run(job: PruneJob, progress: Progress = lambda message: None) -> PruneResult
     progress(f"scoring channels ({job.criterion})")
     scores = importance.criterion(job.criterion, moments).scores(source, graph)
     fraction = pruner.channel_fraction(graph, {conv: w.shape for conv, (w, _) in conv_weights(source).items()}, job.prune)
-    keep = pruner.select(graph, scores, job.prune.fractions(graph, fraction), job.prune.multiple)
+    keep = pruner.select(graph, scores, job.prune.fractions(graph, fraction), job.prune.multiple,
+                          job.prune.min_channels)
     model, slices = pruner.apply(source, graph, keep, moments)
     report = None
     if job.reconstruct:

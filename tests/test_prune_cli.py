@@ -34,7 +34,7 @@ def tiny(tmp_path: Path) -> Path:
 
 def test_pipeline_writes_a_reproducible_variant(tiny: Path, tmp_path: Path) -> None:
     outs = [tmp_path / "a" / "tiny-p50.onnx", tmp_path / "b" / "tiny-p50.onnx"]
-    results = [run(PruneJob(model=str(tiny), prune=PruneConfig(0.5, multiple=2), out=out, calib_dir=CALIBRATION,
+    results = [run(PruneJob(model=str(tiny), prune=PruneConfig(0.5, multiple=2, min_channels=1), out=out, calib_dir=CALIBRATION,
                             reconstruction=ReconstructConfig(samples=128))) for out in outs]
     assert outs[0].read_bytes() == outs[1].read_bytes()
     result = results[0]
@@ -81,6 +81,8 @@ def test_u2netp_through_the_command(u2netp_path: Path, tmp_path: Path) -> None:
     assert "params" in proc.stdout and "mask SSIM vs unpruned on 2 held-out photos" in proc.stdout
     manifest = json.loads(out.with_suffix(".json").read_text())
     assert manifest["steps"][1] == {**manifest["steps"][1], "enabled": False}
+    prune = manifest["steps"][0]
+    assert prune["min_channels"] == 16 and min(len(kept) for kept in prune["kept"].values()) == 16
     listed = subprocess.run([str(Path(sys.executable).parent / "cutq"), "models", "list", "--cache-dir", str(tmp_path)],
                             capture_output=True, text=True, check=False, env={**os.environ, "COLUMNS": "200"})
     assert "u2netp-p50" in listed.stdout
@@ -89,7 +91,7 @@ def test_u2netp_through_the_command(u2netp_path: Path, tmp_path: Path) -> None:
 def test_finetune_epochs_distil_the_pruned_model(tiny: Path, tmp_path: Path) -> None:
     pytest.importorskip("torch")
     plain, tuned = tmp_path / "plain" / "tiny-p50.onnx", tmp_path / "tuned" / "tiny-p50.onnx"
-    job = dict(model=str(tiny), prune=PruneConfig(0.5, multiple=2), calib_dir=CALIBRATION,
+    job = dict(model=str(tiny), prune=PruneConfig(0.5, multiple=2, min_channels=1), calib_dir=CALIBRATION,
                reconstruction=ReconstructConfig(samples=128))
     run(PruneJob(**job, out=plain))
     run(PruneJob(**job, out=tuned, finetune_epochs=1))

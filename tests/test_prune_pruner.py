@@ -74,6 +74,29 @@ def test_kept_count(channels: int, ratio: float, multiple: int, kept: int) -> No
     assert pruner.kept_count(channels, ratio, multiple) == kept
 
 
+@pytest.mark.parametrize(("channels", "ratio", "floor", "kept"),
+                         [(16, 0.3, 16, 16), (64, 0.9, 16, 16), (8, 0.5, 16, 8), (64, 0.3, 16, 44)])
+def test_kept_count_respects_the_floor(channels: int, ratio: float, floor: int, kept: int) -> None:
+    assert pruner.kept_count(channels, ratio, 4, floor) == kept
+
+
+def test_default_floor_keeps_16_channel_groups_whole(u2netp_path: Path) -> None:
+    """u2netp's groups are 16 and 64 wide: by default the 16s stay whole, so the 64s lose more to reach the ratio."""
+    model = onnx.load(u2netp_path)
+    graph = trace(model)
+    shapes = {conv: w.shape for conv, (w, _) in conv_weights(model).items()}
+    config = pruner.PruneConfig(0.4)
+    fraction = pruner.channel_fraction(graph, shapes, config)
+    assert fraction > pruner.channel_fraction(graph, shapes, pruner.PruneConfig(0.4, min_channels=1))
+    keep = pruner.select(graph, importance.Magnitude(2).scores(model, graph), fraction, 4, config.min_channels)
+    assert {len(keep[g.index]) for g in graph.prunable if g.channels == 16} == {16}
+    assert min(len(k) for k in keep.values()) == 16
+    pruned, _ = pruner.apply(model, graph, keep)
+    assert 1 - modelstats.parameter_count(pruned) / modelstats.parameter_count(model) >= 0.4
+    with pytest.raises(CutqError, match="min-channels 16"):
+        pruner.channel_fraction(graph, shapes, pruner.PruneConfig(0.9))
+
+
 @pytest.mark.parametrize("ratio", [0.0, -0.1, 0.95, 1.0])
 def test_ratio_outside_range_is_refused(ratio: float) -> None:
     with pytest.raises(CutqError, match=r"--ratio must be in \(0, 0.9\]"):
@@ -172,7 +195,7 @@ def test_channel_fraction_removes_the_requested_share_of_parameters(u2netp_path:
     model = onnx.load(u2netp_path)
     graph = trace(model)
     shapes = {conv: w.shape for conv, (w, _) in conv_weights(model).items()}
-    fraction = pruner.channel_fraction(graph, shapes, pruner.PruneConfig(0.5))
+    fraction = pruner.channel_fraction(graph, shapes, pruner.PruneConfig(0.5, min_channels=1))
     assert 0.2 < fraction < 0.4  # parameters fall about quadratically with the channels
     keep = pruner.select(graph, importance.Magnitude(2).scores(model, graph), fraction, 4)
     pruned, _ = pruner.apply(model, graph, keep)
@@ -199,9 +222,10 @@ def test_narrow_share_spares_the_narrow_groups_at_the_same_parameter_count(u2net
     model = onnx.load(u2netp_path)
     graph = trace(model)
     shapes = {conv: w.shape for conv, (w, _) in conv_weights(model).items()}
-    config = pruner.PruneConfig(0.5, narrow_share=0.25, narrow_below=64)  # u2netp: groups of 16 and 64 channels
+    config = pruner.PruneConfig(0.5, narrow_share=0.25, narrow_below=64, min_channels=1)  # u2netp: groups of 16 and 64
     fraction = pruner.channel_fraction(graph, shapes, config)
-    assert fraction > pruner.channel_fraction(graph, shapes, pruner.PruneConfig(0.5))  # the wide groups make up for it
+    uniform = pruner.channel_fraction(graph, shapes, pruner.PruneConfig(0.5, min_channels=1))
+    assert fraction > uniform  # the wide groups make up for it
     keep = pruner.select(graph, importance.Magnitude(2).scores(model, graph), config.fractions(graph, fraction), 4)
     kept_share = {g.channels: len(keep[g.index]) / g.channels for g in graph.prunable}
     assert kept_share[16] > kept_share[64] + 0.2
