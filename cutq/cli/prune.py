@@ -21,7 +21,8 @@ def prune(
     model: Annotated[str, typer.Option("--model", "-m", help="Variant name (u2net, u2netp, ...) or .onnx path.")],
     ratio: Annotated[float, typer.Option("--ratio", "-r", help=f"Fraction of the Conv parameters removed, in (0, "
                                          f"{MAX_RATIO}]: the same fraction of channels (about 1-sqrt(1-R), found "
-                                         "exactly) is removed from every prunable channel group (see --narrow-share).")],
+                                         "exactly) is removed from every prunable channel group (see --narrow-share), "
+                                         "none left below --min-channels.")],
     criterion: Annotated[str, typer.Option("--criterion", help=f"Channel importance: {', '.join(CRITERIA)}. activation "
                                            "(std of the channel on calibration photos x its consumers' weight norm) "
                                            "ranks what is lost once the channel's mean is compensated in the biases; "
