@@ -48,7 +48,9 @@ def prune(
     narrow_share: Annotated[float, typer.Option("--narrow-share", min=0.0, help="Groups under 256 channels lose this "
                                                 "times the wider groups' fraction. u2net at 0.6 with 0.25 kept mask "
                                                 "SSIM about as high as the uniform 0.5 with 20% fewer parameters, but "
-                                                "more MACs: for a size limit, not a latency one.")] = 1.0,
+                                                "more MACs (a size limit). Above 1 cuts MACs (a latency limit): u2net at "
+                                                "0.5 with 1.5 and --channel-multiple 16 ran in INT8 at 0.175x of FP32, "
+                                                "the default 0.5 at 0.218x.")] = 1.0,
     seed: Annotated[int, typer.Option("--seed", help="Seed for sampling and splitting photos.")] = 0,
     cache_dir: Annotated[Path | None, typer.Option("--cache-dir", help=CACHE_HELP)] = None,
 ) -> None:
