@@ -1,4 +1,4 @@
-# cutq: the two commands a newcomer needs are `make demo` (soon `make quantize`) and `make test`.
+# cutq: the two commands a newcomer needs are `make quantize` and `make test` (`make demo` cuts out two bundled photos).
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
