@@ -46,7 +46,7 @@ def with_outputs(model: onnx.ModelProto, names: Sequence[str]) -> onnx.ModelProt
 def capture(model: onnx.ModelProto, names: Sequence[str], tensors: Sequence[np.ndarray]) -> Iterator[dict[str, np.ndarray]]:
     """For each input tensor, `{name: value}` of the requested feature maps; one image at a time to bound memory."""
     names = list(dict.fromkeys(names))
-    session = session_for(with_outputs(model, names))
+    session = session_for(with_outputs(model, names), arena=False)
     feed = session.get_inputs()[0].name
     for tensor in tensors:
         yield dict(zip(names, session.run(names, {feed: tensor}), strict=True))
@@ -129,7 +129,7 @@ class Frontier:
                 if out in wanted or any(c not in self.done for c in self.consumers.get(out, []))}
         if run:
             piece = self._piece(model, sorted(run), have, sorted(live))
-            session = session_for(piece)
+            session = session_for(piece, arena=False)
             feeds = [i.name for i in piece.graph.input]
             for cached in self.cache:
                 cached.update(zip(sorted(live), session.run(sorted(live), {n: cached[n] for n in feeds}), strict=True))

@@ -31,10 +31,15 @@ class Fidelity:
 
 
 def session_for(model: onnx.ModelProto, threads: int | None = None,
-                disabled_optimizers: Sequence[str] = ()) -> ort.InferenceSession:
-    """An in-memory session; `threads=None` uses every core."""
+                disabled_optimizers: Sequence[str] = (), arena: bool = True) -> ort.InferenceSession:
+    """An in-memory session; `threads=None` uses every core.
+
+    `arena=False` for callers that keep many outputs alive across sessions (the prune's refit): with ONNX
+    Runtime's CPU arena, pruning u2net with 64 calibration photos peaked at 11.3 GB, without it at 7.6 GB.
+    """
     options = ort.SessionOptions()
     options.log_severity_level = 3
+    options.enable_cpu_mem_arena = arena
     if threads:
         options.intra_op_num_threads = threads
     return ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"],

@@ -36,7 +36,7 @@ def prune(
     calib_dir: Annotated[Path | None, typer.Option("--calib-dir", help=CALIB_HELP)] = None,
     calib_count: Annotated[int, typer.Option("--calib-count", min=2, help="Calibration photos to sample. More photos refit "
                                           "U²-Net's 10x10 bottom better but cost time and memory: on u2net at 0.5, 64 photos "
-                                          "raised mask SSIM mean 0.953 -> 0.958 and peak memory 3.7 -> 11.3 GB (README).")] = 16,
+                                          "raised mask SSIM mean 0.953 -> 0.958 and peak memory 3.7 -> 7.6 GB (README).")] = 16,
     verify_dir: Annotated[Path | None, typer.Option("--verify-dir", help=VERIFY_HELP)] = None,
     verify_count: Annotated[int, typer.Option("--verify-count", min=1, help="Verification photos to sample.")] = 16,
     multiple: Annotated[int, typer.Option("--channel-multiple", min=1, help="Round kept channel counts to this.")] = 4,
