@@ -17,8 +17,6 @@ from onnx import helper, numpy_helper
 
 from cutq_runtime.errors import CutqError
 
-from .graph import readers
-
 _QUANTIZED_SUFFIX = "_quantized"
 
 
@@ -47,33 +45,6 @@ def float_nodes(qdq: onnx.ModelProto) -> list[str]:
         if node.op_type == "Conv"
         and not (producers.get(node.input[1]) is not None and producers[node.input[1]].op_type == "DequantizeLinear")
     ]
-
-
-def read_quantized(qdq: onnx.ModelProto, nodes: Iterable[str]) -> int:
-    """Make the named float nodes read the dequantized copy of any input that is quantized for another
-    reader anyway, in place; returns how many inputs moved.
-
-    A residual Add whose output feeds both a float side-output Conv and a quantized Resize otherwise runs
-    in float between a dequantize and a quantize, and ONNX Runtime has to leave its NHWC layout around it
-    (transposes of full-resolution maps). Read through the same Q/DQ, the Add fuses into one INT8 op. The
-    float Conv then sees exactly what the Resize path already sees."""
-    wanted = set(nodes)
-    users = readers(qdq.graph)
-    dequantized: dict[str, str] = {}
-    for node in qdq.graph.node:
-        if node.op_type == "QuantizeLinear":
-            dqs = [r for r in users.get(node.output[0], []) if r.op_type == "DequantizeLinear"]
-            if dqs:
-                dequantized.setdefault(node.input[0], dqs[0].output[0])
-    moved = 0
-    for node in qdq.graph.node:
-        if node.name not in wanted:
-            continue
-        for k, name in enumerate(node.input):
-            if name in dequantized:
-                node.input[k] = dequantized[name]
-                moved += 1
-    return moved
 
 
 def keep_float(qdq: onnx.ModelProto, reference: onnx.ModelProto, nodes: Iterable[str]) -> onnx.ModelProto:

@@ -1,5 +1,5 @@
 """`cutq quantize` as a composition of steps: opset -> graph -> center -> equalize -> calibrate -> qdq -> search
--> thin -> pack (optional 4-bit weights) -> verify -> export.
+-> thin -> pad -> pack (optional 4-bit weights) -> verify -> export.
 
 Each step is a plain function in its own module; this file only wires them, measures, and records what
 each did in the manifest, so a variant can be reproduced from it.
@@ -28,6 +28,7 @@ from .export import ExportResult, export
 from .graph import GraphConfig, preprocess_graph
 from .opset import OpsetConfig, upgrade_opset
 from .pack import MIN_ONNXRUNTIME, PackConfig, PackReport, pack_int4
+from .pad import PadConfig, pad_conv_inputs
 from .qdq import QuantConfig, quantize_qdq
 from .search import FloatNode, SearchConfig, search
 from .thin import ThinConfig, split_thin_convs
@@ -60,6 +61,7 @@ class QuantizeJob:
     quant: QuantConfig = field(default_factory=QuantConfig)
     search: SearchConfig = field(default_factory=SearchConfig)
     thin: ThinConfig = field(default_factory=ThinConfig)
+    pad: PadConfig = field(default_factory=PadConfig)
     pack: PackConfig = field(default_factory=PackConfig)
 
 
@@ -90,15 +92,17 @@ def _images(job: QuantizeJob, spec: Any) -> tuple[calibration_set.LoadedImages, 
 
 
 def _latency_ratio(reference: onnx.ModelProto, candidate: onnx.ModelProto, tensor: np.ndarray, runs: int = 5) -> float:
-    """Session latency of candidate / reference, runs interleaved in one process so machine noise hits both."""
+    """Session latency of candidate / reference, interleaved in one process so machine noise hits both.
+
+    Each timed run follows an untimed one of the same session: the other session's worker threads would
+    otherwise still be spinning on the cores (see benchmarks/timing.py)."""
     sessions = [verify.session_for(reference),
                 verify.session_for(candidate, disabled_optimizers=SESSION["disabled_optimizers"])]
     name = sessions[0].get_inputs()[0].name
     totals = [0.0, 0.0]
-    for session in sessions:
-        session.run(None, {name: tensor})
     for _ in range(runs):
         for i, session in enumerate(sessions):
+            session.run(None, {name: tensor})
             start = time.perf_counter()
             session.run(None, {name: tensor})
             totals[i] += time.perf_counter() - start
@@ -138,6 +142,7 @@ def run(job: QuantizeJob, progress: Progress = lambda message: None) -> Quantize
     head = tuple(n for n in mixed.output_head(equalized) if n in set(mixed.float_nodes(found.model)))
     float_share = found.float_mac_share
     final, thin = split_thin_convs(found.model, job.thin)
+    final, padded = pad_conv_inputs(final, job.pad)
     final, packed = pack_int4(final, job.pack, calib.tensors, progress)
     progress("verifying on held-out images")
     # The reference is the float model before equalization: what the user's FP32 model computes.
@@ -164,6 +169,7 @@ def run(job: QuantizeJob, progress: Progress = lambda message: None) -> Quantize
             {"step": "mixed_precision", **asdict(job.search),
              "float_nodes": [asdict(n) for n in found.float_nodes], "float_mac_share": float_share},
             {"step": "thin_convs", **asdict(job.thin), "split": list(thin)},
+            {"step": "pad_inputs", **asdict(job.pad), "convs": list(padded)},
             {"step": "pack_int4", **asdict(job.pack), "convs": list(packed.convs), "weights": packed.weights,
              "int8_weights": packed.int8_weights, "rounding_used": packed.rounding},
         ],

@@ -14,6 +14,7 @@ from cutq import metrics
 from cutq.quantize import gptq, mixed, pack, sensitivity, verify
 from cutq.quantize.calibrate import CalibrationConfig, compute_ranges
 from cutq.quantize.export import export
+from cutq.quantize.pad import PadConfig, pad_conv_inputs
 from cutq.quantize.qdq import QuantConfig, quantize_qdq
 from cutq.quantize.thin import ThinConfig, split_thin_convs
 from cutq_runtime import OutputError, models, new_session
@@ -99,16 +100,18 @@ def _shared_feature_model() -> onnx.ModelProto:
     return model
 
 
-def test_float_head_reads_features_already_quantized_for_others(tmp_path: Path) -> None:
-    """The side Conv reads the residual sum through the Q/DQ the MaxPool path needs anyway, so ONNX
+def test_float_head_reads_quantized_features(tmp_path: Path) -> None:
+    """The side Convs keep float weights but read their features through Q/DQ, like every other reader:
+    `side` reads a residual sum the MaxPool path quantizes anyway, `side_2` a map only it reads. So ONNX
     Runtime runs the Add as one INT8 op instead of in float."""
     model = _shared_feature_model()
     assert mixed.output_head(model) == ["side", "side_2"]
     qdq = quantize_qdq(model, compute_ranges(model, INPUTS))
     assert mixed.float_nodes(qdq) == ["side", "side_2"]
     producers = {o: n.op_type for n in qdq.graph.node for o in n.output}
-    side = next(n for n in qdq.graph.node if n.name == "side")
-    assert producers[side.input[0]] == "DequantizeLinear" and side.input[1] not in producers
+    for name in ("side", "side_2"):
+        side = next(n for n in qdq.graph.node if n.name == name)
+        assert producers[side.input[0]] == "DequantizeLinear" and side.input[1] not in producers
     options = ort.SessionOptions()
     options.optimized_model_filepath = str(tmp_path / "optimized.onnx")
     ort.InferenceSession(qdq.SerializeToString(), options, providers=["CPUExecutionProvider"])
@@ -116,6 +119,25 @@ def test_float_head_reads_features_already_quantized_for_others(tmp_path: Path) 
     assert "QLinearAdd" in fused and "Add" not in fused, fused
     for a, b in zip(_run(model, every_output=True), _run(qdq, every_output=True), strict=True):
         assert np.abs(a - b).max() < 0.05 * (np.ptp(a) or 1.0)
+
+
+def test_padding_the_rgb_conv_to_four_channels_is_exact(quantized) -> None:
+    """The INT8 Conv that reads 3 channels reads a zero-point 4th; the float head Conv (8 inputs) and the
+    float model are left alone, and every output is bit for bit the same."""
+    model, qdq = quantized
+    padded, names = pad_conv_inputs(qdq)
+    assert names == ("conv_a",)
+    pad = next(n for n in padded.graph.node if n.op_type == "Pad")
+    weights = {t.name: numpy_helper.to_array(t) for t in padded.graph.initializer}
+    assert weights[pad.input[1]].tolist() == [0, 0, 0, 0, 0, 1, 0, 0]
+    wide = next(v for k, v in weights.items() if k.endswith("_padded"))
+    assert wide.shape[1] == 4 and not wide[:, 3].any()
+    for a, b in zip(_run(qdq, every_output=True), _run(padded, every_output=True), strict=True):
+        np.testing.assert_array_equal(a, b)
+    assert pad_conv_inputs(model)[1] == ()  # float Convs are not padded
+    assert pad_conv_inputs(qdq, PadConfig(enabled=False)) == (qdq, ())
+    assert pad_conv_inputs(qdq, PadConfig(multiple=8))[1] == ("conv_a",)
+    assert pad_conv_inputs(qdq, PadConfig(multiple=1))[1] == ()
 
 
 @pytest.mark.parametrize(("outputs", "attrs"), [(1, {"pads": [1, 1, 1, 1]}),

@@ -73,10 +73,11 @@ def test_variant_files_manifest_and_serving(result: QuantizeResult, tmp_path: Pa
     assert written.size_bytes < 0.4 * result.source_size
     manifest = json.loads(written.manifest_path.read_text())
     assert [s["step"] for s in manifest["steps"]] == ["opset", "graph", "center", "equalize", "calibrate", "quantize",
-                                                      "mixed_precision", "thin_convs", "pack_int4"]
+                                                      "mixed_precision", "thin_convs", "pad_inputs", "pack_int4"]
     steps = {s["step"]: s for s in manifest["steps"]}
     assert steps["pack_int4"]["convs"] == [] and "requires" not in manifest  # 4-bit weights are opt-in
     assert "Conv_945" in steps["thin_convs"]["split"]  # the full-resolution side-output Conv, 64 -> 1 channel
+    assert steps["pad_inputs"]["convs"] == ["Conv_0"]  # the RGB Conv reads a 4th, zero channel
     assert set(steps["calibrate"]["images"]).isdisjoint(manifest["verification"]["images"])
     assert steps["equalize"]["max_output_change"] < 1e-3 and steps["equalize"]["channels"]
     assert steps["equalize"]["tensor_headroom"] == 3.0
@@ -85,8 +86,10 @@ def test_variant_files_manifest_and_serving(result: QuantizeResult, tmp_path: Pa
     # served without NCHWc: it would reorder full-resolution maps to and from the float head's layout
     assert new_session(written.onnx_path).disabled_optimizers == ("NchwcTransformer",)
     assert "ReorderInput" in _optimized_ops(written.onnx_path, tmp_path / "all.onnx", [])
-    assert "ReorderInput" not in _optimized_ops(written.onnx_path, tmp_path / "hinted.onnx",
-                                                manifest["session"]["disabled_optimizers"])
+    served = _optimized_ops(written.onnx_path, tmp_path / "hinted.onnx", manifest["session"]["disabled_optimizers"])
+    assert "ReorderInput" not in served
+    # every residual Add runs in INT8, the one in front of the full-resolution side output too
+    assert "QLinearAdd" in served and "Add" not in served
     photo = (CALIBRATION / "chelsea.png").read_bytes()
     for path in (written.onnx_path, written.ort_path):
         alpha = decode_rgba(remove(photo, session=new_session(path)))[..., 3]
