@@ -1,8 +1,15 @@
 """Timings taken with the variants interleaved, so drift on a busy machine hits every row alike.
 
 Every measurement is a loop over rounds; in each round every runner does the same work once, in an
-order shuffled with a seeded generator (no row always runs first, on a cold cache, or next to the same
-neighbour) and reproducible from the seed. Ratios between rows of one run are the figures to trust.
+order shuffled with a seeded generator (no row always runs first, or next to the same neighbour) and
+reproducible from the seed. Ratios between rows of one run are the figures to trust.
+
+Per-call figures (session latency, end to end) time the second of two calls in a row. ONNX Runtime's
+worker threads keep spinning for a while after a run, so the first call after another variant's shares
+the cores with that variant's spinning threads (and starts on a cold cache): a fixed cost of some 30 ms
+on 2 cores, which made a 125 ms model look 26% slower than in its steady state and a 655 ms model 5%
+(u2net-p50-int8 against FP32 u2net: 0.231x instead of 0.191x). A user's session serving image after
+image runs in the steady state; the untimed call in front measures that.
 """
 
 from __future__ import annotations
@@ -36,13 +43,16 @@ class Stats:
 
 
 def _interleave(runners: Sequence[Runner], rounds: int, rng: random.Random,
-                work: Callable[[Runner, int], Any]) -> dict[str, list[float]]:
-    """Milliseconds of `work(runner, round)` for each runner, rounds outermost, order shuffled per round."""
+                work: Callable[[Runner, int], Any], settle: bool = False) -> dict[str, list[float]]:
+    """Milliseconds of `work(runner, round)` for each runner, rounds outermost, order shuffled per round;
+    with `settle`, each timed call follows an untimed one of the same work (see the module docstring)."""
     samples: dict[str, list[float]] = {r.variant.name: [] for r in runners}
     order = list(runners)
     for index in range(rounds):
         rng.shuffle(order)
         for runner in order:
+            if settle:
+                work(runner, index)
             start = time.perf_counter()
             work(runner, index)
             samples[runner.variant.name].append((time.perf_counter() - start) * 1000)
@@ -61,14 +71,15 @@ def latency(runners: Sequence[Runner], photos: Sequence[Any], runs: int, warmup:
         inputs = prepared[runner.variant.name]
         runner.infer(inputs[index % len(inputs)])
 
-    return {name: Stats.of(ms) for name, ms in _interleave(runners, runs, rng, one).items()}
+    return {name: Stats.of(ms) for name, ms in _interleave(runners, runs, rng, one, settle=True).items()}
 
 
 def end_to_end(runners: Sequence[Runner], payloads: Sequence[bytes], repeats: int,
                rng: random.Random) -> dict[str, Stats]:
     """Bytes in to PNG bytes out per image (`remove()`), every image `repeats` times; sessions are already warm."""
     return {name: Stats.of(ms) for name, ms in
-            _interleave(runners, repeats * len(payloads), rng, lambda r, i: r.remove(payloads[i % len(payloads)])).items()}
+            _interleave(runners, repeats * len(payloads), rng, lambda r, i: r.remove(payloads[i % len(payloads)]),
+                        settle=True).items()}
 
 
 def throughput(runners: Sequence[Runner], paths: Sequence[Path], repeats: int, rng: random.Random) -> dict[str, float]:

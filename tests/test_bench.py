@@ -7,14 +7,17 @@ schema, the Markdown and the HTML report. No figure here is a duration: only tha
 from __future__ import annotations
 
 import json
+import random
 import re
 import shutil
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 from PIL import Image
 
+from cutq.benchmarks import timing
 from cutq.benchmarks.svg import Point, pareto_front
 from cutq.benchmarks.variants import select
 from cutq_runtime.models import write_manifest
@@ -172,3 +175,16 @@ def test_ort_twins_are_rows_unless_left_out(tmp_path: Path, u2netp_path: Path, m
     quick = select(cache, [], everything=True, pull=False, rembg=False, ort_twins=False)
     assert {v.name for v in quick.variants} == {"u2netp", "u2netp-int8"}
     assert any("1 .ort file(s) beside their .onnx left out" in note for note in quick.notes)
+
+
+def test_each_timed_call_follows_an_untimed_call_of_the_same_variant() -> None:
+    """So no timed call shares the cores with the previous variant's still-spinning ONNX Runtime threads."""
+    runners = [SimpleNamespace(variant=SimpleNamespace(name=n)) for n in "abc"]
+    calls: list[tuple[str, int]] = []
+    samples = timing._interleave(runners, 4, random.Random(0), lambda r, i: calls.append((r.variant.name, i)), settle=True)
+    assert {k: len(v) for k, v in samples.items()} == {"a": 4, "b": 4, "c": 4}
+    assert len(calls) == 24 and all(calls[k] == calls[k + 1] for k in range(0, 24, 2))
+    assert len({tuple(c[0] for c in calls[k:k + 6:2]) for k in range(0, 24, 6)}) > 1  # the order is shuffled
+    calls.clear()
+    timing._interleave(runners, 4, random.Random(0), lambda r, i: calls.append((r.variant.name, i)))
+    assert len(calls) == 12
