@@ -8,7 +8,7 @@ Per-call figures (session latency, end to end) time the second of two calls in a
 worker threads keep spinning for a while after a run, so the first call after another variant's shares
 the cores with that variant's spinning threads (and starts on a cold cache): a fixed cost of some 30 ms
 on 2 cores, which made a 125 ms model look 26% slower than in its steady state and a 655 ms model 5%
-(u2net-p50-int8 against FP32 u2net: 0.231x instead of 0.191x). A user's session serving image after
+(u2net-p50-int8 against FP32 u2net: 0.230x instead of 0.191x). A user's session serving image after
 image runs in the steady state; the untimed call in front measures that.
 """
 
