@@ -21,6 +21,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
+from cutq.quantize.graph import copy_model
 from cutq.quantize.verify import session_for
 from cutq_runtime.errors import CutqError, ModelError
 
@@ -204,8 +205,7 @@ def export_weights(student: onnx.ModelProto, module, probe: np.ndarray) -> tuple
     """A copy of `student` with the module's weights in its initializers; refused unless onnxruntime agrees."""
     torch = require_torch()
     trained = {name: np.ascontiguousarray(p.detach().numpy()) for name, p in module.named_initializers()}
-    model = onnx.ModelProto()
-    model.CopyFrom(student)
+    model = copy_model(student)
     for init in model.graph.initializer:
         if init.name in trained:
             init.CopyFrom(numpy_helper.from_array(trained[init.name], init.name))

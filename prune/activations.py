@@ -15,6 +15,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper
 
+from cutq.quantize.graph import copy_model
 from cutq.quantize.verify import session_for
 
 
@@ -29,8 +30,7 @@ def with_outputs(model: onnx.ModelProto, names: Sequence[str]) -> onnx.ModelProt
         if node is not None and node.name + "\0" + node.output[0] not in needed:
             needed.add(node.name + "\0" + node.output[0])
             stack.extend(node.input)
-    cut = onnx.ModelProto()
-    cut.CopyFrom(model)
+    cut = copy_model(model)
     kept = [n for n in cut.graph.node if n.name + "\0" + n.output[0] in needed]
     del cut.graph.node[:]
     cut.graph.node.extend(kept)

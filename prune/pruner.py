@@ -22,6 +22,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
+from cutq.quantize.graph import copy_model
 from cutq_runtime.errors import CutqError
 
 from .activations import Moments
@@ -145,8 +146,7 @@ def apply(model: onnx.ModelProto, graph: DepGraph, keep: Mapping[int, np.ndarray
     for index in keep:
         if not graph.groups[index].prunable:
             raise CutqError(f"channel group {index} is not prunable ({graph.groups[index].reason})")
-    pruned = onnx.ModelProto()
-    pruned.CopyFrom(model)
+    pruned = copy_model(model)
     inits = {i.name: i for i in pruned.graph.initializer}
     slices = {}
     for node in pruned.graph.node:

@@ -41,6 +41,8 @@ from dataclasses import dataclass
 import numpy as np
 import onnx
 
+from cutq.quantize.graph import copy_model
+
 from .activations import Frontier, capture
 from .depgraph import conv_weights
 from .geometry import Geometry, im2col
@@ -109,8 +111,7 @@ def reconstruct(original: onnx.ModelProto, pruned: onnx.ModelProto, slices: Mapp
                 progress: Progress = lambda message: None) -> tuple[onnx.ModelProto, ReconstructReport]:
     """A copy of `pruned` whose Convs with removed input channels are refit to `original`'s outputs."""
     config = config or ReconstructConfig()
-    model = onnx.ModelProto()
-    model.CopyFrom(pruned)
+    model = copy_model(pruned)
     convs = {n.name: n for n in model.graph.node if n.op_type == "Conv"}
     refit = [name for name in convs if name in slices and slices[name].inputs is not None]
     if not refit or not images:

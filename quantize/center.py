@@ -31,7 +31,7 @@ from cutq.prune.activations import capture
 from cutq.prune.depgraph import Group, trace
 
 from .equalize import EditableInitializers, output_change
-from .graph import readers
+from .graph import copy_model, readers
 
 _COMMUTES_WITH_SHIFT = frozenset({"MaxPool", "Resize", "Concat"})
 
@@ -76,8 +76,7 @@ def center(model: onnx.ModelProto, tensors: Sequence[np.ndarray],
     if not candidates:
         return model, CenterReport(())
     low, high = _ranges(model, [producer.output[0] for _, producer in candidates], tensors)
-    out = onnx.ModelProto()
-    out.CopyFrom(model)
+    out = copy_model(model)
     param = EditableInitializers(out, np.float64)  # shift and gain in double, stored as float32
     convs = {n.name: n for n in out.graph.node if n.op_type == "Conv"}
     done = []

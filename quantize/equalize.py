@@ -33,6 +33,7 @@ from cutq.prune.activations import capture
 from cutq.prune.depgraph import DepGraph, Group, trace
 from cutq_runtime.errors import ModelError
 
+from .graph import copy_model
 from .verify import session_for
 
 TOLERANCE = 1e-3
@@ -126,8 +127,7 @@ def equalize(model: onnx.ModelProto, tensors: Sequence[np.ndarray],
         return model, EqualizeReport(())
     graph = trace(model)
     ranges = channel_ranges(model, graph, tensors)
-    out = onnx.ModelProto()
-    out.CopyFrom(model)
+    out = copy_model(model)
     array = EditableInitializers(out, np.float32)
     convs = {n.name: n for n in out.graph.node if n.op_type == "Conv"}
     done = []

@@ -17,6 +17,13 @@ from onnxruntime.quantization.shape_inference import quant_pre_process
 from cutq_runtime.errors import ModelError
 
 
+def copy_model(model: onnx.ModelProto) -> onnx.ModelProto:
+    """A deep copy, for steps that return a changed model and leave their input as it was."""
+    copied = onnx.ModelProto()
+    copied.CopyFrom(model)
+    return copied
+
+
 def readers(graph: onnx.GraphProto) -> dict[str, list[onnx.NodeProto]]:
     """Tensor name -> the nodes that read it, in graph order."""
     found: dict[str, list[onnx.NodeProto]] = {}

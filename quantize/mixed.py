@@ -17,6 +17,8 @@ from onnx import helper, numpy_helper
 
 from cutq_runtime.errors import CutqError
 
+from .graph import copy_model
+
 _QUANTIZED_SUFFIX = "_quantized"
 
 
@@ -49,8 +51,7 @@ def float_nodes(qdq: onnx.ModelProto) -> list[str]:
 
 def keep_float(qdq: onnx.ModelProto, reference: onnx.ModelProto, nodes: Iterable[str]) -> onnx.ModelProto:
     """A copy of `qdq` in which each named node reads float inputs, weights and bias."""
-    model = onnx.ModelProto()
-    model.CopyFrom(qdq)
+    model = copy_model(qdq)
     wanted = set(nodes)
     graph = model.graph
     producers = {out: node for node in graph.node for out in node.output}

@@ -28,6 +28,7 @@ from onnx import TensorProto, helper, numpy_helper
 from cutq_runtime.errors import CutqError
 
 from .gptq import GptqConfig, input_grams, round_to_grid
+from .graph import copy_model
 from .mixed import drop_unused_initializers
 
 INT4_OPSET = 21
@@ -69,8 +70,7 @@ def pack_int4(model: onnx.ModelProto, config: PackConfig | None = None, tensors:
     config = config or PackConfig()
     if not config.enabled:  # the default: no copy of the model, nothing read
         return model, PackReport((), 0, 0)
-    out = onnx.ModelProto()
-    out.CopyFrom(model)
+    out = copy_model(model)
     graph = out.graph
     inits = {t.name: t for t in graph.initializer}
     producer = {o: n for n in graph.node for o in n.output}

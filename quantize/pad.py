@@ -19,6 +19,7 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
+from .graph import copy_model
 from .mixed import drop_unused_initializers
 
 
@@ -39,8 +40,7 @@ def pad_conv_inputs(model: onnx.ModelProto, config: PadConfig | None = None) -> 
     config = config or PadConfig()
     if not config.enabled:
         return model, ()
-    out = onnx.ModelProto()
-    out.CopyFrom(model)
+    out = copy_model(model)
     graph = out.graph
     producers = {o: n for n in graph.node for o in n.output}
     inits = {t.name: t for t in graph.initializer}

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 import onnx
 
-from .graph import readers
+from .graph import copy_model, readers
 from .verify import session_for
 
 _PASS_THROUGH_LIMIT = 64  # how far back to look for feeding Conv outputs, in nodes
@@ -45,8 +45,7 @@ def conv_outputs(model: onnx.ModelProto) -> dict[str, str]:
 
 def activations(model: onnx.ModelProto, tensors: Sequence[str], inputs: Sequence[np.ndarray]) -> list[list[np.ndarray]]:
     """The named intermediate tensors for each input, by exposing them as extra graph outputs."""
-    probe = onnx.ModelProto()
-    probe.CopyFrom(model)
+    probe = copy_model(model)
     existing = {o.name for o in probe.graph.output}
     probe.graph.output.extend(onnx.ValueInfoProto(name=t) for t in tensors if t not in existing)
     session = session_for(probe)

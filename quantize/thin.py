@@ -21,6 +21,7 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
+from .graph import copy_model
 from .mixed import drop_unused_initializers
 
 
@@ -37,8 +38,7 @@ def split_thin_convs(model: onnx.ModelProto, config: ThinConfig | None = None) -
     config = config or ThinConfig()
     if not config.enabled:
         return model, ()
-    out = onnx.ModelProto()
-    out.CopyFrom(model)
+    out = copy_model(model)
     graph = out.graph
     inits = {t.name: t for t in graph.initializer}
     nodes: list[onnx.NodeProto] = []
