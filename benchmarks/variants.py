@@ -51,7 +51,10 @@ def _kind(name: str, model: models.ResolvedModel) -> str:
 
 
 def reference_of(model: models.ResolvedModel, cache: Path) -> str | None:
-    """The released model at the root of a variant's manifest chain (`u2net-p50-int8` -> `u2net-p50` -> `u2net`)."""
+    """The released model at the root of a variant's manifest chain (`u2net-p50-int8` -> `u2net-p50` -> `u2net`).
+
+    A link is looked up by name in the cache, else at the path the manifest recorded (a model pruned or
+    quantized with `--out` somewhere else)."""
     seen, manifest, name = set(), model.manifest, model.name
     while name not in REGISTRY:
         source = (manifest or {}).get("source") or {}
@@ -62,11 +65,20 @@ def reference_of(model: models.ResolvedModel, cache: Path) -> str | None:
         name = parent
         if name in REGISTRY:
             break
-        try:
-            manifest = models.resolve(name, cache, pull_missing=False).manifest
-        except CutqError:
+        manifest = _manifest_of(name, source.get("path"), cache)
+        if manifest is None:
             return None
     return name
+
+
+def _manifest_of(name: str, path: str | None, cache: Path) -> dict | None:
+    for ref in (name, path):
+        if ref:
+            try:
+                return models.resolve(ref, cache, pull_missing=False).manifest
+            except CutqError:
+                continue
+    return None
 
 
 def _resolve(name: str, cache: Path, pull: bool, notes: list[str]) -> models.ResolvedModel | None:

@@ -114,14 +114,18 @@ def test_variants_find_their_fp32_reference_through_manifests(tmp_path: Path, u2
     cache = tmp_path / "cache"
     cache.mkdir()
     (cache / "u2netp.onnx").symlink_to(u2netp_path)
+    elsewhere = tmp_path / "elsewhere"  # pruned with --out outside the cache, then quantized into it
+    elsewhere.mkdir()
+    write_manifest(save_tiny(elsewhere / "mine.onnx"), {"name": "mine", "source": {"name": "u2netp"}})
     for name, source in (("u2netp-p50", {"base": "u2netp"}), ("u2netp-p50-int8", {"name": "u2netp-p50"}),
-                         ("orphan", {})):
+                         ("orphan", {}), ("mine-int8", {"name": "mine", "path": str(elsewhere / "mine.onnx")})):
         model = save_tiny(cache / f"{name}.onnx")
         write_manifest(model, {"name": name, "source": source})
     selection = select(cache, [], everything=True, pull=False, rembg=False)
     found = {v.name: (v.kind, v.reference) for v in selection.variants}
     assert found == {"u2netp": ("fp32", "u2netp"), "u2netp-p50": ("pruned", "u2netp"),
-                     "u2netp-p50-int8": ("pruned-int8", "u2netp"), "orphan": ("other", None)}
+                     "u2netp-p50-int8": ("pruned-int8", "u2netp"), "orphan": ("other", None),
+                     "mine-int8": ("int8", "u2netp")}
     notes = "\n".join(selection.notes)
     assert "u2net: skipped" in notes and "u2netp-int8: not in the cache" in notes
     assert "orphan: its manifest names no source model" in notes
