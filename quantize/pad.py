@@ -50,22 +50,21 @@ def pad_conv_inputs(model: onnx.ModelProto, config: PadConfig | None = None) -> 
         plan = _plan(node, producers, inits, reads, config.multiple)
         if plan is None:
             continue
-        x_dq, w_q, extra = plan
-        w = numpy_helper.to_array(inits[w_q])
+        x_dq, w_dq, extra = plan
+        w = numpy_helper.to_array(inits[w_dq.input[0]])
         _pad_activation(graph, node, x_dq, extra, w.ndim)
         wide = np.concatenate([w, np.zeros((w.shape[0], extra, *w.shape[2:]), w.dtype)], axis=1)
-        name = f"{w_q}_padded"
+        name = f"{w_dq.input[0]}_padded"
         graph.initializer.append(numpy_helper.from_array(wide, name))
-        weight_dq = producers[node.input[1]]
-        weight_dq.input[0] = name
+        w_dq.input[0] = name
         padded.append(node.name)
     drop_unused_initializers(graph)
     return out, tuple(padded)
 
 
 def _plan(node: onnx.NodeProto, producers: dict[str, onnx.NodeProto], inits: dict[str, onnx.TensorProto],
-          reads: Counter[str], multiple: int) -> tuple[onnx.NodeProto, str, int] | None:
-    """(activation DequantizeLinear, quantized weight name, channels to add) for a Conv that qualifies."""
+          reads: Counter[str], multiple: int) -> tuple[onnx.NodeProto, onnx.NodeProto, int] | None:
+    """(activation DequantizeLinear, weight DequantizeLinear, channels to add) for a Conv that qualifies."""
     if node.op_type != "Conv" or len(node.input) < 2:
         return None
     if any(a.name == "group" and a.i != 1 for a in node.attribute):
@@ -80,7 +79,7 @@ def _plan(node: onnx.NodeProto, producers: dict[str, onnx.NodeProto], inits: dic
     extra = -channels % multiple
     # Weights read by another node too would change under it; U²-Net never shares them.
     shared = reads[w_dq.input[0]] > 1 or reads[w_dq.output[0]] > 1
-    return (x_dq, w_dq.input[0], extra) if extra and not shared else None
+    return (x_dq, w_dq, extra) if extra and not shared else None
 
 
 def _pad_activation(graph: onnx.GraphProto, conv: onnx.NodeProto, x_dq: onnx.NodeProto, extra: int, rank: int) -> None:
