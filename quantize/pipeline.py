@@ -7,6 +7,7 @@ each did in the manifest, so a variant can be reproduced from it.
 
 from __future__ import annotations
 
+import statistics
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -91,22 +92,23 @@ def _images(job: QuantizeJob, spec: Any) -> tuple[calibration_set.LoadedImages, 
                                                         job.verify_count, job.seed, spec, MIN_IMAGES)
 
 
-def _latency_ratio(reference: onnx.ModelProto, candidate: onnx.ModelProto, tensor: np.ndarray, runs: int = 5) -> float:
-    """Session latency of candidate / reference, interleaved in one process so machine noise hits both.
+def _latency_ratio(reference: onnx.ModelProto, candidate: onnx.ModelProto, tensor: np.ndarray, runs: int = 7) -> float:
+    """Median session latency of candidate / reference, interleaved in one process so machine noise hits both.
 
     Each timed run follows an untimed one of the same session: the other session's worker threads would
-    otherwise still be spinning on the cores (see benchmarks/timing.py)."""
+    otherwise still be spinning on the cores (see benchmarks/timing.py). Medians, not sums: one slow run
+    (another process taking a core) would otherwise move the ratio by tens of percent."""
     sessions = [verify.session_for(reference),
                 verify.session_for(candidate, disabled_optimizers=SESSION["disabled_optimizers"])]
     name = sessions[0].get_inputs()[0].name
-    totals = [0.0, 0.0]
+    times: list[list[float]] = [[], []]
     for _ in range(runs):
         for i, session in enumerate(sessions):
             session.run(None, {name: tensor})
             start = time.perf_counter()
             session.run(None, {name: tensor})
-            totals[i] += time.perf_counter() - start
-    return totals[1] / totals[0]
+            times[i].append(time.perf_counter() - start)
+    return statistics.median(times[1]) / statistics.median(times[0])
 
 
 def _default_out(job: QuantizeJob, name: str) -> Path:
