@@ -96,8 +96,8 @@ def _latency_ratio(reference: onnx.ModelProto, candidate: onnx.ModelProto, tenso
     """Median session latency of candidate / reference, interleaved in one process so machine noise hits both.
 
     Each timed run follows an untimed one of the same session: the other session's worker threads would
-    otherwise still be spinning on the cores (see benchmarks/timing.py). Medians, not sums: one slow run
-    (another process taking a core) would otherwise move the ratio by tens of percent."""
+    otherwise still be spinning on the cores (see benchmarks/timing.py). Medians, not sums, so that a run slowed
+    by another process taking a core does not set the ratio."""
     sessions = [verify.session_for(reference),
                 verify.session_for(candidate, disabled_optimizers=SESSION["disabled_optimizers"])]
     name = sessions[0].get_inputs()[0].name
