@@ -26,7 +26,8 @@ from .runners import Runner
 
 
 def calibration_scenes(manifests: list[dict | None]) -> frozenset[str]:
-    """Scenes of every photo that `cutq quantize` or `cutq prune` calibrated a variant on (from manifests)."""
+    """Scenes of every photo that `cutq quantize` or `cutq prune` calibrated a variant on (from manifests),
+    including the photos `cutq prune` measured its low-rank statistics on."""
     names: list[str] = []
     for manifest in manifests:
         manifest = manifest or {}
@@ -34,6 +35,8 @@ def calibration_scenes(manifests: list[dict | None]) -> frozenset[str]:
         for step in manifest.get("steps", []):
             if isinstance(step, dict) and step.get("step") == "calibrate":  # cutq quantize
                 names += step.get("images", [])
+            if isinstance(step, dict) and step.get("step") == "lowrank":  # cutq prune, factored Convs
+                names += step.get("photos", [])
     return frozenset(sequence_of(Path(name)) for name in names)
 
 

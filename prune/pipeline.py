@@ -1,4 +1,4 @@
-"""`cutq prune` as a composition of steps: trace -> score -> select -> prune -> reconstruct -> verify -> export.
+"""`cutq prune` as a composition of steps: trace -> score -> select -> prune -> factor -> reconstruct -> verify -> export.
 
 This file only wires the steps, measures the result (parameters, MACs, file size, mask SSIM against the
 unpruned model on held-out photos) and records every setting in the manifest, so a variant can be reproduced.
@@ -10,6 +10,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+import numpy as np
 import onnx
 
 from cutq import modelstats
@@ -19,10 +20,12 @@ from cutq.quantize.pipeline import DEFAULT_CALIB_DIR, MIN_IMAGES
 from cutq_runtime import models
 from cutq_runtime.errors import ModelError, OutputError
 from cutq_runtime.fsutil import file_digest
+from cutq_runtime.registry import InputSpec
 
 from . import importance, pruner
 from .activations import conv_input_moments
 from .depgraph import conv_weights, trace
+from .lowrank import LowRankConfig, allocate, factor, spectra
 from .reconstruct import ReconstructConfig, ReconstructReport, reconstruct
 
 Progress = Callable[[str], None]
@@ -44,6 +47,9 @@ class PruneJob:
     seed: int = 0
     cache_dir: Path | None = None
     reconstruction: ReconstructConfig = field(default_factory=ReconstructConfig)
+    # Wide groups keep their channels and their Convs are factored (`lowrank`); None: remove channels everywhere.
+    # A model with no Conv big enough to factor (u2netp) is pruned by channels either way.
+    lowrank: LowRankConfig | None = field(default_factory=LowRankConfig)
     finetune_epochs: int = 0  # > 0: distil toward the source on the calibration photos (needs the [train] extra)
 
 
@@ -62,7 +68,8 @@ class PruneResult:
     groups_pruned: int
     channels_before: int
     channels_after: int
-    channel_fraction: float
+    channel_fraction: float  # of each group (of each wide group with --narrow-share; of each narrow one when factoring)
+    ranks: dict[str, int]  # factored Conv -> rank
     reconstruction: ReconstructReport | None
     fidelity: verify.Fidelity
     export: ExportResult
@@ -98,10 +105,22 @@ def run(job: PruneJob, progress: Progress = lambda message: None) -> PruneResult
     moments = conv_input_moments(source, consumers, calib.tensors)
     progress(f"scoring channels ({job.criterion})")
     scores = importance.criterion(job.criterion, moments).scores(source, graph)
-    fraction = pruner.channel_fraction(graph, {conv: w.shape for conv, (w, _) in conv_weights(source).items()}, job.prune)
-    keep = pruner.select(graph, scores, job.prune.fractions(graph, fraction), job.prune.multiple,
-                          job.prune.min_channels)
+    shapes = {conv: w.shape for conv, (w, _) in conv_weights(source).items()}
+    factoring = job.lowrank is not None and any(np.prod(s) >= job.lowrank.min_weights for s in shapes.values())
+    if factoring:
+        fraction = job.lowrank.narrow_fraction
+        fractions = {g.index: 0.0 if g.channels >= job.prune.narrow_below else fraction for g in graph.prunable}
+    else:
+        fraction = pruner.channel_fraction(graph, shapes, job.prune)
+        fractions = job.prune.fractions(graph, fraction)
+    keep = pruner.select(graph, scores, fractions, job.prune.multiple, job.prune.min_channels)
+    if factoring:  # groups that keep every channel: their consumers read what they always read, nothing to refit
+        keep = {g: kept for g, kept in keep.items() if len(kept) < graph.groups[g].channels}
     model, slices = pruner.apply(source, graph, keep, moments)
+    ranks: dict[str, int] = {}
+    statistics: tuple[str, ...] = ()  # the photos the factoring's output statistics came from
+    if factoring:
+        model, ranks, statistics = _factor(source, model, slices, job, resolved.input, progress)
     report = None
     if job.reconstruct:
         model, report = reconstruct(source, model, slices, calib.tensors, job.reconstruction, progress)
@@ -127,7 +146,7 @@ def run(job: PruneJob, progress: Progress = lambda message: None) -> PruneResult
             model, fidelity, other = untuned, other, fidelity
     before = ModelFigures(modelstats.parameter_count(source), modelstats.conv_macs(source), resolved.path.stat().st_size)
     params, macs = modelstats.parameter_count(model), modelstats.conv_macs(model)
-    channels = (sum(g.channels for g in graph.prunable), sum(len(k) for k in keep.values()))
+    channels = (sum(g.channels for g in graph.prunable), sum(len(keep.get(g.index, range(g.channels))) for g in graph.prunable))
     manifest = {
         "name": out.stem,
         "description": f"{resolved.name}, {job.prune.ratio:.0%} of parameters pruned, SSIM mean {fidelity.ssim_mean:.3f} vs FP32",
@@ -139,6 +158,8 @@ def run(job: PruneJob, progress: Progress = lambda message: None) -> PruneResult
              "channels_before": channels[0], "channels_after": channels[1], "params_before": before.params,
              "params_after": params, "macs_before": before.macs, "macs_after": macs,
              "kept": {str(g): k.tolist() for g, k in sorted(keep.items())}},
+            {"step": "lowrank", "enabled": factoring, **(asdict(job.lowrank) if job.lowrank else {}), "ranks": ranks,
+             "photos": list(statistics)},
             {"step": "reconstruct", "enabled": job.reconstruct, **asdict(job.reconstruction),
              **(asdict(report) if report else {})},
             {"step": "finetune", "epochs": job.finetune_epochs,
@@ -153,5 +174,24 @@ def run(job: PruneJob, progress: Progress = lambda message: None) -> PruneResult
     progress("writing files")
     written = export(model, out, manifest, source=resolved.path)
     out.with_suffix(".ckpt").unlink(missing_ok=True)  # the fine-tune finished: nothing left to resume
-    return PruneResult(out.stem, before, ModelFigures(params, macs, written.size_bytes), len(keep), *channels, fraction, report,
-                       fidelity, written, calib.skipped + checked.skipped)
+    return PruneResult(out.stem, before, ModelFigures(params, macs, written.size_bytes), len(keep), *channels, fraction, ranks,
+                       report, fidelity, written, calib.skipped + checked.skipped)
+
+
+def _factor(source: onnx.ModelProto, model: onnx.ModelProto, slices: dict[str, pruner.ConvSlice], job: PruneJob,
+            spec: InputSpec, progress: Progress) -> tuple[onnx.ModelProto, dict[str, int], tuple[str, ...]]:
+    """Factor the big Convs that read no removed channel until `job.prune.ratio` of the parameters are gone."""
+    config = job.lowrank
+    weights = conv_weights(model)
+    wanted = modelstats.parameter_count(model) - int((1 - job.prune.ratio) * modelstats.parameter_count(source))
+    convs = {name: w.shape for name, (w, _) in weights.items()
+             if w.size >= config.min_weights and (name not in slices or slices[name].inputs is None)}
+    if wanted <= 0 or not convs:
+        return model, {}, ()
+    progress("loading photos for the low-rank statistics")
+    paths, _ = calibration_set.calibration_paths(job.calib_dir or DEFAULT_CALIB_DIR, job.verify_dir, job.seed)
+    photos = calibration_set.load(calibration_set.sample(paths, config.images, job.seed), spec, MIN_IMAGES)
+    outputs = {name: slices[name].outputs if name in slices else None for name in convs}
+    found = spectra(source, outputs, photos.tensors, progress)
+    ranks = allocate(convs, found, wanted, config.multiple)
+    return factor(model, found, ranks), ranks, tuple(p.name for p in photos.paths)

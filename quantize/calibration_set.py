@@ -100,6 +100,19 @@ def load(paths: Sequence[Path], spec: InputSpec, minimum: int = 1) -> LoadedImag
     return LoadedImages(tuple(kept), tuple(tensors), tuple(skipped))
 
 
+def calibration_paths(calib_dir: str | Path, verify_dir: str | Path | None, seed: int) -> tuple[list[Path], list[Path]]:
+    """Every photo calibration may use and every photo verification may use: `calib_dir` split by scene in
+    half, or all of `calib_dir` and all of `verify_dir` (which must not share a file name)."""
+    calib_paths = list_images(calib_dir)
+    if verify_dir is None:
+        return split_by_sequence(calib_paths, 0.5, seed)
+    verify_paths = list_images(verify_dir)
+    overlap = {p.name for p in calib_paths} & {p.name for p in verify_paths}
+    if overlap:
+        raise CutqError(f"calibration and verification share {len(overlap)} image(s), e.g. {sorted(overlap)[0]}")
+    return calib_paths, verify_paths
+
+
 def calibration_and_verification(calib_dir: str | Path, verify_dir: str | Path | None, calib_count: int,
                                  verify_count: int, seed: int, spec: InputSpec,
                                  minimum: int = 2) -> tuple[LoadedImages, LoadedImages]:
@@ -107,14 +120,7 @@ def calibration_and_verification(calib_dir: str | Path, verify_dir: str | Path |
 
     Without `verify_dir`, `calib_dir` is split by scene, half for each.
     """
-    calib_paths = list_images(calib_dir)
-    if verify_dir is not None:
-        verify_paths = list_images(verify_dir)
-        overlap = {p.name for p in calib_paths} & {p.name for p in verify_paths}
-        if overlap:
-            raise CutqError(f"calibration and verification share {len(overlap)} image(s), e.g. {sorted(overlap)[0]}")
-    else:
-        calib_paths, verify_paths = split_by_sequence(calib_paths, 0.5, seed)
+    calib_paths, verify_paths = calibration_paths(calib_dir, verify_dir, seed)
     calib = load(sample(calib_paths, calib_count, seed), spec, minimum)
     checked = load(sample(verify_paths, verify_count, seed), spec, 1)
     return calib, checked

@@ -153,16 +153,16 @@ def test_evaluation_photos_avoid_the_scenes_variants_were_calibrated_on(tmp_path
 
     photos = tmp_path / "images"
     photos.mkdir()
-    for scene in ("bear", "camel", "dog"):
+    for scene in ("bear", "camel", "dog", "elk"):
         for frame in (0, 10):
             shutil.copy(CALIBRATION / "coffee.png", photos / f"{scene}_{frame:05d}.png")
     quantized = {"steps": [{"step": "calibrate", "images": ["bear_00000.png"]}]}
-    pruned = {"calibration": {"images": ["camel_00010.png"]}}
+    pruned = {"calibration": {"images": ["camel_00010.png"]}, "steps": [{"step": "lowrank", "photos": ["elk_00000.png"]}]}
     scenes = calibration_scenes([quantized, pruned, None])
-    assert scenes == {"bear", "camel"}
+    assert scenes == {"bear", "camel", "elk"}
     assert [i.path.name for i in eval_images(tmp_path, 4, scenes)] == ["dog_00000.png", "dog_00010.png"]
-    everything = frozenset({"bear", "camel", "dog"})
-    assert len(eval_images(tmp_path, 6, everything)) == 6  # nothing unseen: all photos, and the run notes it
+    everything = frozenset({"bear", "camel", "dog", "elk"})
+    assert len(eval_images(tmp_path, 8, everything)) == 8  # nothing unseen: all photos, and the run notes it
 
 
 def test_ort_twins_are_rows_unless_left_out(tmp_path: Path, u2netp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

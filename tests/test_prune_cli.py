@@ -43,8 +43,9 @@ def test_pipeline_writes_a_reproducible_variant(tiny: Path, tmp_path: Path) -> N
     assert result.channels_after > 0.5 * result.channels_before  # which fall faster than the channels
     manifest = json.loads(outs[0].with_suffix(".json").read_text())
     assert manifest["steps"][0]["channel_fraction"] == result.channel_fraction
-    assert [s["step"] for s in manifest["steps"]] == ["prune", "reconstruct", "finetune"]
-    assert manifest["steps"][0]["ratio"] == 0.5 and manifest["steps"][1]["convs"] == 4
+    assert [s["step"] for s in manifest["steps"]] == ["prune", "lowrank", "reconstruct", "finetune"]
+    assert manifest["steps"][1]["enabled"] is False  # no Conv of the tiny model is big enough to factor
+    assert manifest["steps"][0]["ratio"] == 0.5 and manifest["steps"][2]["convs"] == 4
     assert set(manifest["calibration"]["images"]).isdisjoint(manifest["verification"]["images"])
     assert outs[0].with_suffix(".ort").is_file() and 0 < result.fidelity.ssim_mean <= 1
 
@@ -80,7 +81,7 @@ def test_u2netp_through_the_command(u2netp_path: Path, tmp_path: Path) -> None:
     assert out.is_file() and out.with_suffix(".ort").is_file() and out.stat().st_size < 0.52 * u2netp_path.stat().st_size
     assert "params" in proc.stdout and "mask SSIM vs unpruned on 2 held-out photos" in proc.stdout
     manifest = json.loads(out.with_suffix(".json").read_text())
-    assert manifest["steps"][1] == {**manifest["steps"][1], "enabled": False}
+    assert manifest["steps"][2] == {**manifest["steps"][2], "step": "reconstruct", "enabled": False}
     prune = manifest["steps"][0]
     assert prune["min_channels"] == 16 and min(len(kept) for kept in prune["kept"].values()) == 16
     listed = subprocess.run([str(Path(sys.executable).parent / "cutq"), "models", "list", "--cache-dir", str(tmp_path)],
@@ -106,4 +107,4 @@ def test_finetune_epochs_distil_the_pruned_model(tiny: Path, tmp_path: Path) -> 
 
 def test_help_names_the_train_extra() -> None:
     # Rich reads "[train]" as a style tag unless escaped, which printed `pip install 'cutq'`.
-    assert "pip install 'cutq[train]'" in " ".join(_cli("--help").stdout.split())
+    assert "pip install 'cutq[train]'" in " ".join(_cli("--help").stdout.replace("│", " ").split())  # across wrapped lines

@@ -1,0 +1,172 @@
+"""Low-rank factorisation of U²-Net's wide Convs, where its parameters are.
+
+Most of u2net's parameters sit in a few dozen 3x3 Convs of 256-1024 channels at 10x10 to 40x40; most of its
+MACs sit in the narrow Convs at 80x80 to 320x320. Removing channels is a poor way to shrink the wide Convs:
+their output maps are highly redundant (on 70 photos, 60% of the principal axes of each of them hold 96-100%
+of its output variance), but no single channel can go without losing what only it carries. So the wide Convs
+keep every channel and are factored instead (Zhang et al. 2015, "Accelerating Very Deep Convolutional
+Networks"): with P the top-r principal axes of the Conv's output Y over calibration photos and μ its mean,
+
+    Y ≈ μ + P Pᵀ (Y − μ)   =   Conv1x1[P, μ]( Convkxk[Pᵀ W, Pᵀ (b − μ)](X) )
+
+a kxk Conv to r channels, then a 1x1 Conv back to all of them, with C·Cin·k² weights becoming r·(Cin·k² + C).
+Nothing is fitted by gradient descent; P comes from one eigendecomposition per Conv. The ranks are chosen
+together: starting from the largest rank that saves anything, the rank that loses the least output variance
+(as a fraction of each Conv's own) per parameter saved is lowered, 16 at a time, until the model has no more
+than the parameters asked for. On u2net at 50% of the parameters, mask SSIM mean against FP32 u2net on 71
+photos of other scenes was 0.970 with the narrow groups untouched (70 photos for the statistics) and 0.971 with
+`cutq prune`'s defaults, where removing channels everywhere gave 0.953.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import onnx
+from onnx import helper, numpy_helper
+
+from cutq.quantize.graph import copy_model
+from cutq_runtime.errors import CutqError
+
+from .activations import capture
+from .depgraph import conv_weights
+
+
+@dataclass(frozen=True)
+class LowRankConfig:
+    """How `cutq prune` shrinks the wide groups (see the module docstring) and how much it cuts the narrow ones.
+
+    `narrow_fraction` of the channels of every group narrower than `PruneConfig.narrow_below` are removed
+    (those Convs hold the MACs: a latency knob); Convs of at least `min_weights` weights that read no removed
+    channel are factored to meet the parameter ratio. Ranks are multiples of `multiple` (ONNX Runtime's INT8
+    Conv works on blocks of 16 channels). The output statistics are measured on up to `images` calibration
+    photos: they are cheap (one forward pass each) and more photos gave better axes (16: 0.966, 70: 0.970).
+    """
+
+    narrow_fraction: float = 0.2
+    min_weights: int = 500_000
+    multiple: int = 16
+    images: int = 64
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.narrow_fraction < 1:
+            raise CutqError(f"--narrow-fraction must be in [0, 1), got {self.narrow_fraction}")
+        if self.min_weights < 1 or self.multiple < 1 or self.images < 1:
+            raise CutqError("low-rank minimum weights, rank multiple and photo count must be >= 1")
+
+
+@dataclass(frozen=True)
+class Spectrum:
+    """A Conv output's mean and principal axes (columns of `axes`, by decreasing `variance`)."""
+
+    mean: np.ndarray
+    variance: np.ndarray
+    axes: np.ndarray
+
+    def lost(self, rank: int) -> float:
+        """Fraction of the output variance outside the top `rank` axes."""
+        total = float(self.variance.sum())
+        return float(self.variance[rank:].sum() / total) if total > 0 else 0.0
+
+
+def spectra(source: onnx.ModelProto, outputs: Mapping[str, np.ndarray | None], tensors: Sequence[np.ndarray],
+            progress: Callable[[str], None] = lambda message: None) -> dict[str, Spectrum]:
+    """Conv name -> `Spectrum` of its output in `source` (only the channels in `outputs[name]`, all when None)."""
+    produced = {n.name: n.output[0] for n in source.graph.node if n.op_type == "Conv"}
+    sums: dict[str, np.ndarray] = {}
+    products: dict[str, np.ndarray] = {}
+    counts: dict[str, int] = {}
+    for i, values in enumerate(capture(source, [produced[name] for name in outputs], tensors), 1):
+        progress(f"low-rank statistics: photo {i}/{len(tensors)}")
+        for name, kept in outputs.items():
+            y = values[produced[name]][0]
+            y = (y if kept is None else y[kept]).reshape(len(kept) if kept is not None else len(y), -1)
+            y = y.astype(np.float64)
+            sums[name] = sums.get(name, 0.0) + y.sum(axis=1)
+            products[name] = products.get(name, 0.0) + y @ y.T
+            counts[name] = counts.get(name, 0) + y.shape[1]
+    found = {}
+    for name in outputs:
+        mean = sums[name] / counts[name]
+        variance, axes = np.linalg.eigh(products[name] / counts[name] - np.outer(mean, mean))
+        found[name] = Spectrum(mean, np.maximum(variance[::-1], 0.0), np.ascontiguousarray(axes[:, ::-1]))
+    return found
+
+
+def allocate(shapes: Mapping[str, tuple[int, ...]], found: Mapping[str, Spectrum], excess: int,
+             multiple: int) -> dict[str, int]:
+    """Ranks for the Convs of `shapes` (weight shapes) that remove at least `excess` parameters, losing the least
+    output variance per parameter; a Conv left out of the result is not factored. `CutqError` if it cannot."""
+
+    def cost(name: str, rank: int) -> int:  # weights and biases of the two Convs
+        out, *rest = shapes[name]
+        return rank * (int(np.prod(rest)) + out) + rank + out
+
+    def full(name: str) -> int:
+        return int(np.prod(shapes[name])) + shapes[name][0]
+
+    ranks: dict[str, int] = {}
+    top = {name: (full(name) // (cost(name, 1) - shapes[name][0])) // multiple * multiple for name in shapes}
+    saved = 0
+    while saved < excess:
+        best, best_rate = None, np.inf
+        for name in shapes:
+            now = ranks.get(name)
+            new = top[name] if now is None else now - multiple
+            if new < multiple:
+                continue
+            before = full(name) if now is None else cost(name, now)
+            gain = before - cost(name, new)
+            if gain <= 0:
+                continue
+            rate = (found[name].lost(new) - (0.0 if now is None else found[name].lost(now))) / gain
+            if rate < best_rate:
+                best, best_rate = name, rate
+        if best is None:
+            raise CutqError("the requested ratio needs more parameters removed than factoring the wide Convs can give")
+        before = full(best) if best not in ranks else cost(best, ranks[best])
+        ranks[best] = top[best] if best not in ranks else ranks[best] - multiple
+        saved += before - cost(best, ranks[best])
+    return dict(sorted(ranks.items()))
+
+
+def factor(model: onnx.ModelProto, found: Mapping[str, Spectrum], ranks: Mapping[str, int]) -> onnx.ModelProto:
+    """A copy of `model` with each Conv of `ranks` replaced by a kxk Conv to its rank and a 1x1 Conv back.
+
+    The kxk Conv keeps the node's name and attributes; the 1x1 Conv (`<name>.expand`) writes the original
+    output tensor, so every consumer and any later step that looks for the tensor is unchanged."""
+    factored = copy_model(model)
+    weights = conv_weights(factored)
+    nodes = []
+    for node in factored.graph.node:
+        rank = ranks.get(node.name)
+        if rank is None:
+            nodes.append(node)
+            continue
+        weight, bias = weights[node.name]
+        spectrum = found[node.name]
+        axes = spectrum.axes[:, :rank]
+        bias = np.zeros(len(weight)) if bias is None else bias.astype(np.float64)
+        reduce_w = np.einsum("cr,cikl->rikl", axes, weight.astype(np.float64))
+        reduce_b = axes.T @ (bias - spectrum.mean)
+        names = [f"{node.name}.{part}" for part in ("reduce.weight", "reduce.bias", "expand.weight", "expand.bias")]
+        arrays = (reduce_w, reduce_b, axes[:, :, None, None], spectrum.mean)
+        factored.graph.initializer.extend(numpy_helper.from_array(array.astype(np.float32), name)
+                                          for array, name in zip(arrays, names, strict=True))
+        reduced = f"{node.output[0]}.rank{rank}"
+        reduce = helper.make_node("Conv", [node.input[0], names[0], names[1]], [reduced], name=node.name)
+        reduce.attribute.extend(node.attribute)
+        expand = helper.make_node("Conv", [reduced, names[2], names[3]], [node.output[0]], name=f"{node.name}.expand",
+                                  kernel_shape=[1, 1])
+        nodes += [reduce, expand]
+    del factored.graph.node[:]
+    factored.graph.node.extend(nodes)
+    used = {name for node in factored.graph.node for name in node.input}
+    kept = [t for t in factored.graph.initializer if t.name in used]
+    del factored.graph.initializer[:]
+    factored.graph.initializer.extend(kept)
+    del factored.graph.value_info[:]
+    onnx.checker.check_model(factored)
+    return factored
