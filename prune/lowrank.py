@@ -125,7 +125,8 @@ def allocate(shapes: Mapping[str, tuple[int, ...]], found: Mapping[str, Spectrum
             if rate < best_rate:
                 best, best_rate = name, rate
         if best is None:
-            raise CutqError("the requested ratio needs more parameters removed than factoring the wide Convs can give")
+            raise CutqError("the requested ratio needs more parameters removed than factoring the wide Convs can give; "
+                            "raise --narrow-fraction or use --no-factor")
         before = full(best) if best not in ranks else cost(best, ranks[best])
         ranks[best] = top[best] if best not in ranks else ranks[best] - multiple
         saved += before - cost(best, ranks[best])
