@@ -82,8 +82,7 @@ def spectra(source: onnx.ModelProto, outputs: Mapping[str, np.ndarray | None], t
         progress(f"low-rank statistics: photo {i}/{len(tensors)}")
         for name, kept in outputs.items():
             y = values[produced[name]][0]
-            y = (y if kept is None else y[kept]).reshape(len(kept) if kept is not None else len(y), -1)
-            y = y.astype(np.float64)
+            y = (y if kept is None else y[kept]).reshape(len(y) if kept is None else len(kept), -1).astype(np.float64)
             sums[name] = sums.get(name, 0.0) + y.sum(axis=1)
             products[name] = products.get(name, 0.0) + y @ y.T
             counts[name] = counts.get(name, 0) + y.shape[1]
@@ -109,27 +108,29 @@ def allocate(shapes: Mapping[str, tuple[int, ...]], found: Mapping[str, Spectrum
 
     ranks: dict[str, int] = {}
     top = {name: (full(name) // (cost(name, 1) - shapes[name][0])) // multiple * multiple for name in shapes}
+
+    def size(name: str) -> int:  # parameters now: whole, or factored at its current rank
+        return full(name) if name not in ranks else cost(name, ranks[name])
+
+    def lower(name: str) -> int:  # the next rank down: the top one if not factored yet
+        return top[name] if name not in ranks else ranks[name] - multiple
+
+    def rate(name: str) -> float:  # variance lost per parameter saved by that step; inf if it saves nothing
+        new = lower(name)
+        gain = size(name) - cost(name, new) if new >= multiple else 0
+        if gain <= 0:
+            return np.inf
+        return (found[name].lost(new) - (found[name].lost(ranks[name]) if name in ranks else 0.0)) / gain
+
     saved = 0
     while saved < excess:
-        best, best_rate = None, np.inf
-        for name in shapes:
-            now = ranks.get(name)
-            new = top[name] if now is None else now - multiple
-            if new < multiple:
-                continue
-            before = full(name) if now is None else cost(name, now)
-            gain = before - cost(name, new)
-            if gain <= 0:
-                continue
-            rate = (found[name].lost(new) - (0.0 if now is None else found[name].lost(now))) / gain
-            if rate < best_rate:
-                best, best_rate = name, rate
-        if best is None:
+        best = min(shapes, key=rate)
+        if rate(best) == np.inf:
             raise CutqError("the requested ratio needs more parameters removed than factoring the wide Convs can give; "
                             "raise --narrow-fraction or use --no-factor")
-        before = full(best) if best not in ranks else cost(best, ranks[best])
-        ranks[best] = top[best] if best not in ranks else ranks[best] - multiple
-        saved += before - cost(best, ranks[best])
+        before = size(best)
+        ranks[best] = lower(best)
+        saved += before - size(best)
     return dict(sorted(ranks.items()))
 
 
