@@ -33,28 +33,50 @@ from cutq_runtime.errors import CutqError
 from .activations import capture
 from .depgraph import conv_weights
 
+METHODS = ("separable", "output")
+UNREACHABLE = ("the requested ratio needs more parameters removed than factoring the wide Convs can give; "
+               "raise --narrow-fraction or use --no-factor")
+
 
 @dataclass(frozen=True)
 class LowRankConfig:
-    """How `cutq prune` shrinks the wide groups (see the module docstring) and how much it cuts the narrow ones.
+    """How `cutq prune` factors a model that has a Conv of at least `min_weights` weights (u2net; u2netp has none
+    and loses channels instead).
 
-    `narrow_fraction` of the channels of every group narrower than `PruneConfig.narrow_below` are removed
-    (those Convs hold the MACs: a latency knob); Convs of at least `min_weights` weights that read no removed
-    channel are factored to meet the parameter ratio. Ranks are multiples of `multiple` (ONNX Runtime's INT8
-    Conv works on blocks of 16 channels). The output statistics are measured on up to `images` calibration
-    photos: they are cheap (one forward pass each) and more photos gave better axes (16: 0.966, 70: 0.970).
+    Either way, `narrow_fraction` of the channels of every group narrower than `PruneConfig.narrow_below` are
+    removed first (those Convs hold the MACs, and removing channels also shrinks the Resize, Concat and MaxPool
+    work between them: a latency knob); None takes the method's default (`narrow`). Then, with `method`
+    "separable" (the default, `separable.py`), every 3x3 Conv of at least `min_macs` MACs becomes a 3x1 and a 1x3
+    Conv, all keeping the one share of their weights that meets the parameter ratio. With "output" (this
+    module), Convs of at least `min_weights` weights that read no removed channel are factored by their outputs
+    to meet the ratio; the output statistics are measured on up to `images` calibration photos: they are cheap
+    (one forward pass each) and more photos gave better axes (16: 0.966, 70: 0.970). Ranks are multiples of
+    `multiple` either way (ONNX Runtime's INT8 Conv works on blocks of 16 channels).
     """
 
-    narrow_fraction: float = 0.2
+    narrow_fraction: float | None = None
     min_weights: int = 500_000
     multiple: int = 16
     images: int = 64
+    method: str = "separable"
+    min_macs: int = 100_000_000
 
     def __post_init__(self) -> None:
-        if not 0 <= self.narrow_fraction < 1:
+        if self.method not in METHODS:
+            raise CutqError(f"factoring method must be one of {', '.join(METHODS)}, got {self.method!r}")
+        if not 0 <= self.narrow < 1:
             raise CutqError(f"--narrow-fraction must be in [0, 1), got {self.narrow_fraction}")
         if self.min_weights < 1 or self.multiple < 1 or self.images < 1:
             raise CutqError("low-rank minimum weights, rank multiple and photo count must be >= 1")
+
+
+    @property
+    def narrow(self) -> float:
+        """`narrow_fraction`, or the method's default: none for separable (its factoring costs the masks less than
+        removing channels does), 0.2 for output (which cost nothing measurable there)."""
+        if self.narrow_fraction is not None:
+            return self.narrow_fraction
+        return 0.0 if self.method == "separable" else 0.2
 
 
 @dataclass(frozen=True)
@@ -99,12 +121,11 @@ def allocate(shapes: Mapping[str, tuple[int, ...]], found: Mapping[str, Spectrum
     """Ranks for the Convs of `shapes` (weight shapes) that remove at least `excess` parameters, losing the least
     output variance per parameter; a Conv left out of the result is not factored. `CutqError` if it cannot."""
 
-    def cost(name: str, rank: int) -> int:  # weights and biases of the two Convs
-        out, *rest = shapes[name]
-        return rank * (int(np.prod(rest)) + out) + rank + out
+    def cost(name: str, rank: int) -> int:
+        return _factored_size(shapes[name], rank)
 
     def full(name: str) -> int:
-        return int(np.prod(shapes[name])) + shapes[name][0]
+        return _size(shapes[name])
 
     ranks: dict[str, int] = {}
     top = {name: (full(name) // (cost(name, 1) - shapes[name][0])) // multiple * multiple for name in shapes}
@@ -126,12 +147,27 @@ def allocate(shapes: Mapping[str, tuple[int, ...]], found: Mapping[str, Spectrum
     while saved < excess:
         best = min(shapes, key=rate)
         if rate(best) == np.inf:
-            raise CutqError("the requested ratio needs more parameters removed than factoring the wide Convs can give; "
-                            "raise --narrow-fraction or use --no-factor")
+            raise CutqError(UNREACHABLE)
         before = size(best)
         ranks[best] = lower(best)
         saved += before - size(best)
     return dict(sorted(ranks.items()))
+
+
+def most_saved(shapes: Mapping[str, tuple[int, ...]], multiple: int) -> int:
+    """The most parameters `allocate` can remove from Convs of these weight shapes: each at the lowest rank."""
+    return sum(max(0, _size(shape) - _factored_size(shape, multiple)) for shape in shapes.values())
+
+
+def _size(shape: tuple[int, ...]) -> int:
+    """Weights and biases of a Conv with this weight shape."""
+    return int(np.prod(shape)) + shape[0]
+
+
+def _factored_size(shape: tuple[int, ...], rank: int) -> int:
+    """Weights and biases of the kxk Conv to `rank` channels and the 1x1 Conv back."""
+    out, *rest = shape
+    return rank * (int(np.prod(rest)) + out) + rank + out
 
 
 def factor(model: onnx.ModelProto, found: Mapping[str, Spectrum], ranks: Mapping[str, int]) -> onnx.ModelProto:

@@ -18,14 +18,14 @@ from cutq.quantize import calibration_set, verify
 from cutq.quantize.export import ExportResult, export
 from cutq.quantize.pipeline import DEFAULT_CALIB_DIR, MIN_IMAGES
 from cutq_runtime import models
-from cutq_runtime.errors import ModelError, OutputError
+from cutq_runtime.errors import CutqError, ModelError, OutputError
 from cutq_runtime.fsutil import file_digest
 from cutq_runtime.registry import InputSpec
 
-from . import importance, pruner
+from . import importance, pruner, separable
 from .activations import conv_input_moments
 from .depgraph import conv_weights, trace
-from .lowrank import LowRankConfig, allocate, factor, spectra
+from .lowrank import UNREACHABLE, LowRankConfig, allocate, factor, most_saved, spectra
 from .reconstruct import ReconstructConfig, ReconstructReport, reconstruct
 
 Progress = Callable[[str], None]
@@ -107,8 +107,9 @@ def run(job: PruneJob, progress: Progress = lambda message: None) -> PruneResult
     scores = importance.criterion(job.criterion, moments).scores(source, graph)
     shapes = {conv: w.shape for conv, (w, _) in conv_weights(source).items()}
     factoring = job.lowrank is not None and any(np.prod(s) >= job.lowrank.min_weights for s in shapes.values())
+    separable_mode = factoring and job.lowrank.method == "separable"
     if factoring:
-        fraction = job.lowrank.narrow_fraction
+        fraction = job.lowrank.narrow
         fractions = {g.index: 0.0 if g.channels >= job.prune.narrow_below else fraction for g in graph.prunable}
     else:
         fraction = pruner.channel_fraction(graph, shapes, job.prune)
@@ -119,7 +120,10 @@ def run(job: PruneJob, progress: Progress = lambda message: None) -> PruneResult
     model, slices = pruner.apply(source, graph, keep, moments)
     ranks: dict[str, int] = {}
     statistics: tuple[str, ...] = ()  # the photos the factoring's output statistics came from
-    if factoring:
+    share = None  # of each separably factored Conv's weights
+    if separable_mode:
+        model, ranks, share = _separable(source, model, slices, job, progress)
+    elif factoring:
         model, ranks, statistics = _factor(source, model, slices, job, resolved.input, progress)
     report = None
     if job.reconstruct:
@@ -158,8 +162,9 @@ def run(job: PruneJob, progress: Progress = lambda message: None) -> PruneResult
              "channels_before": channels[0], "channels_after": channels[1], "params_before": before.params,
              "params_after": params, "macs_before": before.macs, "macs_after": macs,
              "kept": {str(g): k.tolist() for g, k in sorted(keep.items())}},
-            {"step": "lowrank", "enabled": factoring, **(asdict(job.lowrank) if job.lowrank else {}), "ranks": ranks,
-             "photos": list(statistics)},
+            {"step": "lowrank", "enabled": factoring,
+             **({**asdict(job.lowrank), "narrow_fraction": job.lowrank.narrow} if job.lowrank else {}),
+             "ranks": ranks, "share": share, "photos": list(statistics)},
             {"step": "reconstruct", "enabled": job.reconstruct, **asdict(job.reconstruction),
              **(asdict(report) if report else {})},
             {"step": "finetune", "epochs": job.finetune_epochs,
@@ -178,15 +183,30 @@ def run(job: PruneJob, progress: Progress = lambda message: None) -> PruneResult
                        report, fidelity, written, calib.skipped + checked.skipped)
 
 
+def _separable(source: onnx.ModelProto, model: onnx.ModelProto, slices: dict[str, pruner.ConvSlice], job: PruneJob,
+               progress: Progress) -> tuple[onnx.ModelProto, dict[str, int], float | None]:
+    """Factor the big 3x3 Convs into 3x1 and 1x3 Convs until `job.prune.ratio` of the parameters are gone; each
+    1x3 Conv is entered in `slices` so that the refit fits it to the unfactored Conv's output."""
+    wanted = _excess(source, model, job)
+    progress("factoring the 3x3 Convs")
+    found = separable.candidates(model, job.lowrank.min_macs)
+    share, ranks = separable.ranks_for(found, wanted, job.lowrank.multiple)
+    for name, rank in ranks.items():  # reads `rank` new channels: refit like a Conv that lost input channels
+        slices[name] = pruner.ConvSlice(slices[name].outputs if name in slices else None, np.arange(rank))
+    return separable.factor(model, found, ranks), ranks, share
+
+
 def _factor(source: onnx.ModelProto, model: onnx.ModelProto, slices: dict[str, pruner.ConvSlice], job: PruneJob,
             spec: InputSpec, progress: Progress) -> tuple[onnx.ModelProto, dict[str, int], tuple[str, ...]]:
     """Factor the big Convs that read no removed channel until `job.prune.ratio` of the parameters are gone."""
     config = job.lowrank
     weights = conv_weights(model)
-    wanted = modelstats.parameter_count(model) - int((1 - job.prune.ratio) * modelstats.parameter_count(source))
+    wanted = _excess(source, model, job)
     convs = {name: w.shape for name, (w, _) in weights.items()
              if w.size >= config.min_weights and (name not in slices or slices[name].inputs is None)}
-    if wanted <= 0 or not convs:
+    if wanted > most_saved(convs, config.multiple):  # before the statistics, which take a minute on u2net
+        raise CutqError(UNREACHABLE)
+    if wanted == 0:
         return model, {}, ()
     progress("loading photos for the low-rank statistics")
     paths, _ = calibration_set.calibration_paths(job.calib_dir or DEFAULT_CALIB_DIR, job.verify_dir, job.seed)
@@ -195,3 +215,14 @@ def _factor(source: onnx.ModelProto, model: onnx.ModelProto, slices: dict[str, p
     found = spectra(source, outputs, photos.tensors, progress)
     ranks = allocate(convs, found, wanted, config.multiple)
     return factor(model, found, ranks), ranks, tuple(p.name for p in photos.paths)
+
+
+def _excess(source: onnx.ModelProto, model: onnx.ModelProto, job: PruneJob) -> int:
+    """Parameters the factoring must still remove from `model` (channel-pruned) to meet the ratio; `CutqError` when
+    the channel removal alone removed more."""
+    wanted = modelstats.parameter_count(model) - int((1 - job.prune.ratio) * modelstats.parameter_count(source))
+    if wanted < 0:
+        removed = 1 - modelstats.parameter_count(model) / modelstats.parameter_count(source)
+        raise CutqError(f"--ratio {job.prune.ratio} is less than --narrow-fraction {job.lowrank.narrow} removes "
+                        f"alone ({removed:.1%} of the parameters); raise --ratio or lower --narrow-fraction")
+    return wanted

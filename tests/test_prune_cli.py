@@ -67,6 +67,10 @@ def test_bad_input_is_a_clear_error_and_writes_nothing(tiny: Path, tmp_path: Pat
     assert proc.returncode == 2 and "Neg node 'odd': cannot trace channels through this op" in proc.stderr
     proc = _cli("--model", str(tiny), "--ratio", "0.5", "--criterion", "taylor", "--out", str(out))
     assert proc.returncode == 2 and "unknown criterion 'taylor'" in proc.stderr
+    proc = _cli("--model", str(tiny), "--ratio", "0.5", "--lowrank-photos", "8", "--out", str(out))
+    assert proc.returncode == 2 and "--lowrank-photos applies only to --factor-method output" in proc.stderr
+    proc = _cli("--model", str(tiny), "--ratio", "0.5", "--factor-method", "spatial", "--out", str(out))
+    assert proc.returncode == 2 and "factoring method must be one of separable, output, got 'spatial'" in proc.stderr
     before = tiny.read_bytes()
     proc = _cli("--model", str(tiny), "--ratio", "0.5", "--out", str(tiny))
     assert proc.returncode == 2 and "refusing to overwrite" in proc.stderr and tiny.read_bytes() == before

@@ -74,7 +74,7 @@ def test_allocation_lowers_first_the_rank_that_loses_least_per_parameter() -> No
 def test_u2netp_factored_through_the_pipeline(u2netp_path: Path, tmp_path: Path) -> None:
     # u2netp has no Conv of 500,000 weights; lowering the bar factors its 64-channel Convs. The bundled photos
     # split by scene leave 2 for calibration (and so for the statistics) and 2 to verify on.
-    config = lowrank.LowRankConfig(narrow_fraction=0.0, min_weights=30_000, images=4)
+    config = lowrank.LowRankConfig(narrow_fraction=0.0, min_weights=30_000, images=4, method="output")
     job = PruneJob(model=str(u2netp_path), prune=PruneConfig(0.3, narrow_below=64), calib_dir=CALIBRATION,
                    verify_count=2, out=tmp_path / "u2netp-f30.onnx", lowrank=config)
     result = run(job)
@@ -86,3 +86,22 @@ def test_u2netp_factored_through_the_pipeline(u2netp_path: Path, tmp_path: Path)
     assert len(step["photos"]) == 2 and set(step["photos"]).isdisjoint(manifest["verification"]["images"])
     assert modelstats.parameter_count(onnx.load(job.out)) == result.pruned.params
     assert result.fidelity.ssim_mean > 0.8
+
+
+@pytest.mark.parametrize(("ratio", "narrow_fraction", "method", "message"), [
+    (0.01, 0.5, "output", "less than --narrow-fraction 0.5 removes alone"),  # the narrow groups alone remove more
+    (0.01, 0.5, "separable", "less than --narrow-fraction 0.5 removes alone"),
+    (0.9, 0.0, "output", "more parameters removed than factoring"),  # every factored Conv at rank 16 is not enough
+])
+def test_a_ratio_factoring_cannot_meet_fails_before_the_statistics(u2netp_path: Path, tmp_path: Path, ratio: float,
+                                                                   narrow_fraction: float, method: str,
+                                                                   message: str) -> None:
+    # u2netp's groups are 16 and 64 channels wide; with the bar at 65 its 64-channel groups count as narrow.
+    config = lowrank.LowRankConfig(narrow_fraction=narrow_fraction, min_weights=30_000, images=4, method=method)
+    job = PruneJob(model=str(u2netp_path), prune=PruneConfig(ratio, narrow_below=65 if narrow_fraction else 64),
+                   calib_dir=CALIBRATION, verify_count=2, out=tmp_path / "u2netp-f.onnx", lowrank=config)
+    steps: list[str] = []
+    with pytest.raises(CutqError, match=message):
+        run(job, progress=steps.append)
+    assert "loading photos for the low-rank statistics" not in steps
+    assert list(tmp_path.iterdir()) == []

@@ -14,6 +14,7 @@ from cutq.prune.lowrank import LowRankConfig
 from cutq.prune.pipeline import PruneJob, PruneResult, run
 from cutq.prune.pruner import MAX_RATIO, PruneConfig
 from cutq.prune.reconstruct import ReconstructConfig
+from cutq_runtime.errors import CutqError
 
 from .quantize import CALIB_HELP, VERIFY_HELP
 from .ui import CACHE_HELP, err, errors_exit, table_console
@@ -37,9 +38,10 @@ def prune(
                                                  "`pip install 'cutq\\[train]'`; resumes from <out>.ckpt).")] = 0,
     out: Annotated[Path | None, typer.Option("--out", "-o", help="Output .onnx (default: cache, as <name>-p<R*100>).")] = None,
     calib_dir: Annotated[Path | None, typer.Option("--calib-dir", help=CALIB_HELP)] = None,
-    calib_count: Annotated[int, typer.Option("--calib-count", min=2, help="Calibration photos to sample. More photos refit "
-                                          "U²-Net's 10x10 bottom better but cost time and memory: on u2net at 0.5, 64 photos "
-                                          "raised mask SSIM mean 0.953 -> 0.958 and peak memory 3.7 -> 7.6 GB (README).")] = 16,
+    calib_count: Annotated[int, typer.Option("--calib-count", min=2, help="Calibration photos to sample for the "
+                                          "refit. More cost time and memory and are not always better: on u2net at 0.5, 64 "
+                                          "photos raised mask SSIM mean 0.953 -> 0.958 with --no-factor (peak memory 3.7 -> "
+                                          "7.6 GB) and lowered it 0.9585 -> 0.9559 with --narrow-fraction 0.5.")] = 16,
     verify_dir: Annotated[Path | None, typer.Option("--verify-dir", help=VERIFY_HELP)] = None,
     verify_count: Annotated[int, typer.Option("--verify-count", min=1, help="Verification photos to sample.")] = 16,
     multiple: Annotated[int, typer.Option("--channel-multiple", min=1, help="Round kept channel counts to this.")] = 4,
@@ -55,31 +57,43 @@ def prune(
         "0.25 kept mask SSIM about as high as the uniform 0.5 with 20% fewer parameters, but more MACs (a size "
         "limit). Above 1 cuts MACs (a latency limit): u2net at 0.5 with 1.5 and --channel-multiple 16 ran in INT8 "
         "at 0.175x of FP32, the default 0.5 at 0.218x."))] = 1.0,
-    factor: Annotated[bool, typer.Option("--factor/--no-factor", help="Keep the channels of the wide groups (256 and "
-                                         "more) and factor their big Convs into a kxk Conv to fewer channels and a "
-                                         "1x1 Conv back, ranks chosen from the output statistics of the calibration "
-                                         "photos until --ratio is met. u2net at 0.5: mask SSIM mean 0.971 against "
-                                         "0.953 with --no-factor (channels removed everywhere). Models with no Conv "
-                                         "that big (u2netp) lose channels either way.")] = True,
-    narrow_fraction: Annotated[float, typer.Option("--narrow-fraction", min=0.0, max=0.95, help="With --factor: the "
-                                                   "fraction of channels removed from each group under 256 channels, "
-                                                   "where the MACs are. Raise it for speed.")] = LowRankConfig.narrow_fraction,
-    lowrank_photos: Annotated[int, typer.Option("--lowrank-photos", min=2, help="With --factor: calibration photos "
-                                                "the output statistics are measured on (one forward pass "
-                                                "each).")] = LowRankConfig.images,
+    factor: Annotated[bool, typer.Option("--factor/--no-factor", help="Factor Convs instead of removing channels "
+                                         "(see --factor-method). u2net at 0.5: mask SSIM mean 0.98 separable, 0.971 "
+                                         "output, 0.953 with --no-factor (channels removed everywhere). Models with no "
+                                         "Conv of 500,000 weights (u2netp) lose channels either way.")] = True,
+    factor_method: Annotated[str, typer.Option("--factor-method", help="separable: every 3x3 Conv of 100 M MACs or "
+                                               "more becomes a 3x1 Conv and a 1x3 Conv, all at the one share of their "
+                                               "weights that meets --ratio, then refit; no channel is removed. output: "
+                                               "the wide Convs (256 channels and more) become a kxk Conv to fewer "
+                                               "channels and a 1x1 Conv back, from the output statistics of the "
+                                               "calibration photos, and the narrow groups lose --narrow-fraction of "
+                                               "their channels.")] = LowRankConfig.method,
+    narrow_fraction: Annotated[float | None, typer.Option("--narrow-fraction", min=0.0, max=0.95, help=(
+        "With --factor: the fraction of channels removed from each group under 256 channels before factoring (these "
+        "Convs do most of the MACs, and fewer channels also means less Resize and Concat work). Default 0 with "
+        "separable, 0.2 with output. Raise it for speed."))] = None,
+    lowrank_photos: Annotated[int | None, typer.Option("--lowrank-photos", min=2, help="With --factor-method output: "
+                                                "calibration photos the output statistics are measured on (one "
+                                                f"forward pass each; default {LowRankConfig.images}).")] = None,
     seed: Annotated[int, typer.Option("--seed", help="Seed for sampling and splitting photos.")] = 0,
     cache_dir: Annotated[Path | None, typer.Option("--cache-dir", help=CACHE_HELP)] = None,
 ) -> None:
-    """Remove channels from the narrow Conv groups and factor the wide Convs (or remove channels everywhere, with
-    --no-factor), move removed channels' means into the next biases, refit what remains; no training."""
+    """Factor U²-Net's big 3x3 Convs into 3x1 and 1x3 Convs (or factor the wide Convs' outputs and remove channels
+    from the narrow groups, --factor-method output; or remove channels everywhere, --no-factor), then refit what
+    changed by least squares on calibration photos; no training."""
     with errors_exit():
+        if lowrank_photos is not None and (factor_method != "output" or not factor):
+            raise CutqError("--lowrank-photos applies only to --factor-method output")
+        defaults = LowRankConfig(method=factor_method)
         job = PruneJob(
             model=model, prune=PruneConfig(ratio, multiple=multiple, min_channels=min_channels, narrow_share=narrow_share),
             criterion=criterion, reconstruct=reconstruct, out=out,
             calib_dir=calib_dir, calib_count=calib_count, verify_dir=verify_dir, verify_count=verify_count, seed=seed,
             cache_dir=cache_dir, reconstruction=ReconstructConfig(samples=samples, ridge=ridge, seed=seed),
             finetune_epochs=finetune_epochs,
-            lowrank=LowRankConfig(narrow_fraction=narrow_fraction, images=lowrank_photos) if factor else None,
+            lowrank=LowRankConfig(narrow_fraction=narrow_fraction, method=factor_method,
+                                  images=defaults.images if lowrank_photos is None else lowrank_photos)
+            if factor else None,
         )
         with err.status(f"Pruning {model}") as status:
             result = run(job, progress=lambda message: status.update(f"Pruning {model}: {message}"))
@@ -88,7 +102,9 @@ def prune(
 
 def print_summary(r: PruneResult, config: PruneConfig) -> None:
     """Before/after: parameters, GMAC, file size; then mask SSIM against the unpruned model."""
-    if r.ranks:
+    if r.ranks and r.channels_before == r.channels_after:
+        title = f"{r.name}: {len(r.ranks)} Convs factored to ranks {min(r.ranks.values())}-{max(r.ranks.values())}"
+    elif r.ranks:
         title = (f"{r.name}: {r.channels_before} -> {r.channels_after} channels ({r.channel_fraction:.0%} of each narrow "
                  f"group), {len(r.ranks)} wide Convs factored to ranks {min(r.ranks.values())}-{max(r.ranks.values())}")
     else:
