@@ -32,6 +32,7 @@ from cutq_runtime.errors import CutqError
 
 from .activations import capture
 from .depgraph import conv_weights
+from .pruner import with_nodes
 
 METHODS = ("separable", "output")
 UNREACHABLE = ("the requested ratio needs more parameters removed than factoring the wide Convs can give; "
@@ -199,12 +200,4 @@ def factor(model: onnx.ModelProto, found: Mapping[str, Spectrum], ranks: Mapping
         expand = helper.make_node("Conv", [reduced, names[2], names[3]], [node.output[0]], name=f"{node.name}.expand",
                                   kernel_shape=[1, 1])
         nodes += [reduce, expand]
-    del factored.graph.node[:]
-    factored.graph.node.extend(nodes)
-    used = {name for node in factored.graph.node for name in node.input}
-    kept = [t for t in factored.graph.initializer if t.name in used]
-    del factored.graph.initializer[:]
-    factored.graph.initializer.extend(kept)
-    del factored.graph.value_info[:]
-    onnx.checker.check_model(factored)
-    return factored
+    return with_nodes(factored, nodes)

@@ -23,6 +23,7 @@ import onnx
 from onnx import numpy_helper
 
 from cutq.quantize.graph import copy_model
+from cutq.quantize.mixed import drop_unused_initializers
 from cutq_runtime.errors import CutqError
 
 from .activations import Moments
@@ -201,3 +202,14 @@ def replace_weights(model: onnx.ModelProto, conv: str, weight: np.ndarray, bias:
     inits[node.input[1]].CopyFrom(numpy_helper.from_array(weight.astype(np.float32), node.input[1]))
     if bias is not None:
         inits[node.input[2]].CopyFrom(numpy_helper.from_array(bias.astype(np.float32), node.input[2]))
+
+
+def with_nodes(model: onnx.ModelProto, nodes: list[onnx.NodeProto]) -> onnx.ModelProto:
+    """`model` with `nodes` as its graph's nodes, in place: the initializers nothing reads any more and the
+    (now stale) value_info dropped, then checked by onnx."""
+    del model.graph.node[:]
+    model.graph.node.extend(nodes)
+    drop_unused_initializers(model.graph)
+    del model.graph.value_info[:]
+    onnx.checker.check_model(model)
+    return model

@@ -30,6 +30,7 @@ from cutq.quantize.graph import copy_model
 from cutq_runtime.errors import CutqError
 
 from .depgraph import conv_weights
+from .pruner import with_nodes
 
 UNREACHABLE = "the requested ratio needs more parameters removed than separable factoring can give at rank {multiple}"
 
@@ -120,12 +121,4 @@ def factor(model: onnx.ModelProto, found: Mapping[str, Candidate], ranks: Mappin
                                       kernel_shape=[3, 1], dilations=[dilations[0], 1], pads=[pads[0], 0, pads[2], 0]))
         nodes.append(helper.make_node("Conv", [middle, names[1], *node.input[2:]], list(node.output), name=node.name,
                                       kernel_shape=[1, 3], dilations=[1, dilations[1]], pads=[0, pads[1], 0, pads[3]]))
-    del factored.graph.node[:]
-    factored.graph.node.extend(nodes)
-    used = {name for node in factored.graph.node for name in node.input}
-    kept = [t for t in factored.graph.initializer if t.name in used]
-    del factored.graph.initializer[:]
-    factored.graph.initializer.extend(kept)
-    del factored.graph.value_info[:]
-    onnx.checker.check_model(factored)
-    return factored
+    return with_nodes(factored, nodes)
