@@ -41,7 +41,8 @@ def prune(
     calib_count: Annotated[int, typer.Option("--calib-count", min=2, help="Calibration photos to sample for the "
                                           "refit. More cost time and memory and are not always better: on u2net at 0.5, 64 "
                                           "photos raised mask SSIM mean 0.953 -> 0.958 with --no-factor (peak memory 3.7 -> "
-                                          "7.6 GB) and lowered it 0.9585 -> 0.9559 with --narrow-fraction 0.5.")] = 16,
+                                          "7.6 GB) and lowered it 0.9585 -> 0.9559 with --factor-method output --narrow-fraction "
+                                          "0.5.")] = 16,
     verify_dir: Annotated[Path | None, typer.Option("--verify-dir", help=VERIFY_HELP)] = None,
     verify_count: Annotated[int, typer.Option("--verify-count", min=1, help="Verification photos to sample.")] = 16,
     multiple: Annotated[int, typer.Option("--channel-multiple", min=1, help="Round kept channel counts to this.")] = 4,
@@ -84,7 +85,6 @@ def prune(
     with errors_exit():
         if lowrank_photos is not None and (factor_method != "output" or not factor):
             raise CutqError("--lowrank-photos applies only to --factor-method output")
-        defaults = LowRankConfig(method=factor_method)
         job = PruneJob(
             model=model, prune=PruneConfig(ratio, multiple=multiple, min_channels=min_channels, narrow_share=narrow_share),
             criterion=criterion, reconstruct=reconstruct, out=out,
@@ -92,7 +92,7 @@ def prune(
             cache_dir=cache_dir, reconstruction=ReconstructConfig(samples=samples, ridge=ridge, seed=seed),
             finetune_epochs=finetune_epochs,
             lowrank=LowRankConfig(narrow_fraction=narrow_fraction, method=factor_method,
-                                  images=defaults.images if lowrank_photos is None else lowrank_photos)
+                                  images=LowRankConfig.images if lowrank_photos is None else lowrank_photos)
             if factor else None,
         )
         with err.status(f"Pruning {model}") as status:
