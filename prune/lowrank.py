@@ -27,12 +27,11 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from cutq.quantize.graph import copy_model
 from cutq_runtime.errors import CutqError
 
 from .activations import capture
 from .depgraph import conv_weights
-from .pruner import with_nodes
+from .pruner import replace_convs
 
 METHODS = ("separable", "output")
 UNREACHABLE = ("the requested ratio needs more parameters removed than factoring the wide Convs can give; "
@@ -176,14 +175,9 @@ def factor(model: onnx.ModelProto, found: Mapping[str, Spectrum], ranks: Mapping
 
     The kxk Conv keeps the node's name and attributes; the 1x1 Conv (`<name>.expand`) writes the original
     output tensor, so every consumer and any later step that looks for the tensor is unchanged."""
-    factored = copy_model(model)
-    weights = conv_weights(factored)
-    nodes = []
-    for node in factored.graph.node:
-        rank = ranks.get(node.name)
-        if rank is None:
-            nodes.append(node)
-            continue
+    weights = conv_weights(model)
+
+    def build(node: onnx.NodeProto, rank: int) -> tuple[list[onnx.TensorProto], list[onnx.NodeProto]]:
         weight, bias = weights[node.name]
         spectrum = found[node.name]
         axes = spectrum.axes[:, :rank]
@@ -192,12 +186,13 @@ def factor(model: onnx.ModelProto, found: Mapping[str, Spectrum], ranks: Mapping
         reduce_b = axes.T @ (bias - spectrum.mean)
         names = [f"{node.name}.{part}" for part in ("reduce.weight", "reduce.bias", "expand.weight", "expand.bias")]
         arrays = (reduce_w, reduce_b, axes[:, :, None, None], spectrum.mean)
-        factored.graph.initializer.extend(numpy_helper.from_array(array.astype(np.float32), name)
-                                          for array, name in zip(arrays, names, strict=True))
+        initializers = [numpy_helper.from_array(array.astype(np.float32), name)
+                        for array, name in zip(arrays, names, strict=True)]
         reduced = f"{node.output[0]}.rank{rank}"
         reduce = helper.make_node("Conv", [node.input[0], names[0], names[1]], [reduced], name=node.name)
         reduce.attribute.extend(node.attribute)
         expand = helper.make_node("Conv", [reduced, names[2], names[3]], [node.output[0]], name=f"{node.name}.expand",
                                   kernel_shape=[1, 1])
-        nodes += [reduce, expand]
-    return with_nodes(factored, nodes)
+        return initializers, [reduce, expand]
+
+    return replace_convs(model, ranks, build)

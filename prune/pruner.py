@@ -15,7 +15,7 @@ channel's variation around its mean, which is what the `activation` criterion ra
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -204,12 +204,24 @@ def replace_weights(model: onnx.ModelProto, conv: str, weight: np.ndarray, bias:
         inits[node.input[2]].CopyFrom(numpy_helper.from_array(bias.astype(np.float32), node.input[2]))
 
 
-def with_nodes(model: onnx.ModelProto, nodes: list[onnx.NodeProto]) -> onnx.ModelProto:
-    """`model` with `nodes` as its graph's nodes, in place: the initializers nothing reads any more and the
-    (now stale) value_info dropped, then checked by onnx."""
-    del model.graph.node[:]
-    model.graph.node.extend(nodes)
-    drop_unused_initializers(model.graph)
-    del model.graph.value_info[:]
-    onnx.checker.check_model(model)
-    return model
+def replace_convs(model: onnx.ModelProto, ranks: Mapping[str, int],
+                  build: Callable[[onnx.NodeProto, int], tuple[list[onnx.TensorProto], list[onnx.NodeProto]]]
+                  ) -> onnx.ModelProto:
+    """A copy of `model` in which each Conv named in `ranks` is replaced by the nodes `build(node, rank)` returns,
+    with the initializers it returns; the initializers nothing reads any more and the (now stale) value_info are
+    dropped, and the result is checked by onnx. The factorings of `lowrank` and `separable` share this."""
+    replaced = copy_model(model)
+    nodes = []
+    for node in replaced.graph.node:
+        if node.name not in ranks:
+            nodes.append(node)
+            continue
+        initializers, pair = build(node, ranks[node.name])
+        replaced.graph.initializer.extend(initializers)
+        nodes += pair
+    del replaced.graph.node[:]
+    replaced.graph.node.extend(nodes)
+    drop_unused_initializers(replaced.graph)
+    del replaced.graph.value_info[:]
+    onnx.checker.check_model(replaced)
+    return replaced

@@ -26,11 +26,10 @@ import onnx
 from onnx import helper, numpy_helper
 
 from cutq import modelstats
-from cutq.quantize.graph import copy_model
 from cutq_runtime.errors import CutqError
 
 from .depgraph import conv_weights
-from .pruner import with_nodes
+from .pruner import replace_convs
 
 UNREACHABLE = "the requested ratio needs more parameters removed than separable factoring can give at rank {multiple}"
 
@@ -99,26 +98,24 @@ def factor(model: onnx.ModelProto, found: Mapping[str, Candidate], ranks: Mappin
 
     The 1x3 Conv keeps the node's name, bias and output tensor, so the refit finds the unpruned output under the
     same name; the 3x1 Conv has no bias, so with zero padding the borders are factored exactly too."""
-    factored = copy_model(model)
-    nodes = []
-    for node in factored.graph.node:
-        rank = ranks.get(node.name)
-        if rank is None:
-            nodes.append(node)
-            continue
+
+    def build(node: onnx.NodeProto, rank: int) -> tuple[list[onnx.TensorProto], list[onnx.NodeProto]]:
         c = found[node.name]
         root = np.sqrt(c.s[:rank])
         vertical = (c.u[:, :rank] * root).T.reshape(rank, c.inputs, 3, 1)  # A[(c, i), k] -> [k, c, i, 0]
         horizontal = (root[:, None] * c.vt[:rank]).reshape(rank, c.outputs, 3).transpose(1, 0, 2)[:, :, None, :]
         names = (f"{node.name}.vertical.weight", f"{node.name}.horizontal.weight")
-        factored.graph.initializer.extend(numpy_helper.from_array(w.astype(np.float32), name)
-                                          for w, name in zip((vertical, horizontal), names, strict=True))
+        initializers = [numpy_helper.from_array(w.astype(np.float32), name)
+                        for w, name in zip((vertical, horizontal), names, strict=True)]
         attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
         dilations = attrs.get("dilations", [1, 1])
         pads = attrs.get("pads", [0, 0, 0, 0])
         middle = f"{node.output[0]}.vertical{rank}"
-        nodes.append(helper.make_node("Conv", [node.input[0], names[0]], [middle], name=f"{node.name}.vertical",
-                                      kernel_shape=[3, 1], dilations=[dilations[0], 1], pads=[pads[0], 0, pads[2], 0]))
-        nodes.append(helper.make_node("Conv", [middle, names[1], *node.input[2:]], list(node.output), name=node.name,
-                                      kernel_shape=[1, 3], dilations=[1, dilations[1]], pads=[0, pads[1], 0, pads[3]]))
-    return with_nodes(factored, nodes)
+        return initializers, [
+            helper.make_node("Conv", [node.input[0], names[0]], [middle], name=f"{node.name}.vertical",
+                             kernel_shape=[3, 1], dilations=[dilations[0], 1], pads=[pads[0], 0, pads[2], 0]),
+            helper.make_node("Conv", [middle, names[1], *node.input[2:]], list(node.output), name=node.name,
+                             kernel_shape=[1, 3], dilations=[1, dilations[1]], pads=[0, pads[1], 0, pads[3]]),
+        ]
+
+    return replace_convs(model, ranks, build)
