@@ -9,7 +9,7 @@ from onnx import numpy_helper
 from cutq.prune.depgraph import trace
 from cutq.quantize.equalize import EqualizeConfig, channel_ranges, equalize
 
-from .tiny import int8_error, outputs, residual_concat_model
+from .tiny import int8_error, outputs, residual_concat_model, two_conv_model
 
 INPUTS = [np.random.default_rng(i).standard_normal((1, 3, 16, 16)).astype(np.float32) for i in range(6)]
 OUTLIER = 3  # conv_1's output channel 3 (read by conv_2 and, through the concat, by conv_3)
@@ -92,3 +92,24 @@ def test_equalize_disabled_or_without_outliers_changes_nothing() -> None:
     once, _ = equalize(model, INPUTS, uncapped)
     _, report = equalize(once, INPUTS, uncapped)
     assert not [c for c in report.channels if c.scale > 1.01]  # nothing is left to move
+
+
+def test_equalize_judges_a_signed_channel_by_its_magnitude() -> None:
+    """A Conv read directly by the next Conv, with no Relu between them (the 3x1 half of a separably
+    factored Conv), has signed outputs: a channel that sits near -30 is an outlier though its maximum is
+    below zero."""
+    model = two_conv_model()
+    del model.graph.node[1]  # the Relu: conv_b reads conv_a's output itself
+    model.graph.node[1].input[0] = "a"
+    inits = {t.name: t for t in model.graph.initializer}
+    bias = numpy_helper.to_array(inits["ba"]).copy()
+    bias[2] = -30.0
+    inits["ba"].CopyFrom(numpy_helper.from_array(bias, "ba"))
+    inputs = [x * 0.1 for x in INPUTS]
+    group = trace(model).output_group["conv_a"]
+    ranges = channel_ranges(model, trace(model), inputs).groups[group]
+    assert ranges[2] > 25 and np.median(ranges) < 5, ranges
+    equalized, report = equalize(model, inputs)
+    assert 2 in {c.channel for c in report.channels if c.producers == ("conv_a",)}
+    for before, after in zip(outputs(model, inputs), outputs(equalized, inputs), strict=True):
+        np.testing.assert_allclose(after, before, atol=1e-5)
