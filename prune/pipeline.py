@@ -189,7 +189,7 @@ def _separable(source: onnx.ModelProto, model: onnx.ModelProto, slices: dict[str
     1x3 Conv is entered in `slices` so that the refit fits it to the unfactored Conv's output."""
     wanted = _excess(source, model, job)
     progress("factoring the 3x3 Convs")
-    found = separable.candidates(model, job.lowrank.min_macs)
+    found = separable.candidates(model, job.lowrank.min_macs, job.lowrank.min_outputs)
     share, ranks = separable.ranks_for(found, wanted, job.lowrank.multiple)
     for name, rank in ranks.items():  # reads `rank` new channels: refit like a Conv that lost input channels
         slices[name] = pruner.ConvSlice(slices[name].outputs if name in slices else None, np.arange(rank))

@@ -53,8 +53,9 @@ class Candidate:
         return rank >= 1 and 3 * rank * (self.inputs + self.outputs) < 9 * self.inputs * self.outputs
 
 
-def candidates(model: onnx.ModelProto, min_macs: int) -> dict[str, Candidate]:
-    """Conv name -> `Candidate` for each ungrouped, unstrided 3x3 Conv of at least `min_macs` MACs at 320x320."""
+def candidates(model: onnx.ModelProto, min_macs: int, min_outputs: int = 0) -> dict[str, Candidate]:
+    """Conv name -> `Candidate` for each ungrouped, unstrided 3x3 Conv of at least `min_macs` MACs at 320x320 and
+    at least `min_outputs` output channels."""
     weights = conv_weights(model)
     macs = modelstats.macs_by_conv(model)
     found = {}
@@ -67,6 +68,8 @@ def candidates(model: onnx.ModelProto, min_macs: int) -> dict[str, Candidate]:
                 or attrs.get("auto_pad", b"NOTSET") not in (b"NOTSET", "NOTSET")):
             continue
         outputs, inputs = weight.shape[:2]
+        if outputs < min_outputs:
+            continue
         matrix = weight.astype(np.float64).transpose(1, 2, 0, 3).reshape(3 * inputs, 3 * outputs)
         u, s, vt = np.linalg.svd(matrix, full_matrices=False)
         found[node.name] = Candidate(inputs, outputs, macs[node.name], u, s, vt)

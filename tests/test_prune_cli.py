@@ -69,6 +69,9 @@ def test_bad_input_is_a_clear_error_and_writes_nothing(tiny: Path, tmp_path: Pat
     assert proc.returncode == 2 and "unknown criterion 'taylor'" in proc.stderr
     proc = _cli("--model", str(tiny), "--ratio", "0.5", "--lowrank-photos", "8", "--out", str(out))
     assert proc.returncode == 2 and "--lowrank-photos applies only to --factor-method output" in proc.stderr
+    proc = _cli("--model", str(tiny), "--ratio", "0.5", "--factor-method", "output", "--whole-below", "65",
+                "--out", str(out))
+    assert proc.returncode == 2 and "--whole-below applies only to --factor-method separable" in proc.stderr
     proc = _cli("--model", str(tiny), "--ratio", "0.5", "--factor-method", "spatial", "--out", str(out))
     assert proc.returncode == 2 and "factoring method must be one of separable, output, got 'spatial'" in proc.stderr
     before = tiny.read_bytes()

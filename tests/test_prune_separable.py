@@ -25,6 +25,7 @@ def test_full_rank_is_exact_and_a_lower_rank_is_not() -> None:
     model = residual_concat_model()
     found = separable.candidates(model, 0)
     assert set(found) == {"conv_in", "conv_1", "conv_2", "conv_3", "conv_side"}
+    assert set(separable.candidates(model, 0, min_outputs=8)) == {"conv_in", "conv_3"}  # 8 outputs; the others 6 or 1
     full = separable.factor(model, found, {"conv_3": 24, "conv_in": 9})  # min(3 inputs, 3 outputs) x 3 taps
     assert [n.name for n in full.graph.node].count("conv_3.vertical") == 1
     for a, b in zip(outputs(model, X), outputs(full, X), strict=True):
@@ -47,8 +48,9 @@ def test_the_share_is_the_largest_that_removes_enough() -> None:
 
 
 def test_u2netp_factored_separably_through_the_pipeline(u2netp_path: Path, tmp_path: Path) -> None:
-    # u2netp has no Conv of 500,000 weights; lowering the bar makes it a model `cutq prune` factors.
-    config = lowrank.LowRankConfig(min_weights=30_000, min_macs=50_000_000)
+    # u2netp has no Conv of 500,000 weights; lowering the bar makes it a model `cutq prune` factors. Its Convs have
+    # 16 or 64 outputs: only the 64s are factored.
+    config = lowrank.LowRankConfig(min_weights=30_000, min_macs=50_000_000, min_outputs=64)
     job = PruneJob(model=str(u2netp_path), prune=PruneConfig(0.3), calib_dir=CALIBRATION, verify_count=2,
                    out=tmp_path / "u2netp-s30.onnx", lowrank=config)
     result = run(job)
@@ -60,6 +62,9 @@ def test_u2netp_factored_separably_through_the_pipeline(u2netp_path: Path, tmp_p
     step = next(s for s in manifest["steps"] if s["step"] == "lowrank")
     assert step["method"] == "separable" and step["ranks"] == result.ranks and 0 < step["share"] < 1
     assert all(r % 16 == 0 for r in result.ranks.values())
+    every = separable.candidates(onnx.load(u2netp_path), config.min_macs)  # before the outputs bar
+    assert {every[name].outputs for name in result.ranks} == {64}
+    assert any(c.outputs == 16 for c in every.values())  # there were narrower Convs to leave whole
     model = onnx.load(job.out)
     assert {f"{name}.vertical" for name in result.ranks} <= {n.name for n in model.graph.node}
     assert modelstats.parameter_count(model) == result.pruned.params
