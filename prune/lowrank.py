@@ -48,11 +48,11 @@ class LowRankConfig:
     work between them: a latency knob); None takes the method's default (`narrow`). Then, with `method`
     "separable" (the default, `separable.py`), every 3x3 Conv of at least `min_macs` MACs and at least
     `min_outputs` output channels becomes a 3x1 and a 1x3 Conv, all keeping the one share of their weights that
-    meets the parameter ratio. With "output" (this
-    module), Convs of at least `min_weights` weights that read no removed channel are factored by their outputs
-    to meet the ratio; the output statistics are measured on up to `images` calibration photos: they are cheap
-    (one forward pass each) and more photos gave better axes (16: 0.966, 70: 0.970). Ranks are multiples of
-    `multiple` either way (ONNX Runtime's INT8 Conv works on blocks of 16 channels).
+    meets the parameter ratio. With "output" (this module), Convs of at least `min_weights` weights that read no
+    removed channel are factored by their outputs to meet the ratio; the output statistics are measured on up to
+    `images` calibration photos: they are cheap (one forward pass each) and more photos gave better axes (16:
+    0.966, 70: 0.970). Ranks are multiples of `multiple` either way (ONNX Runtime's INT8 Conv works on blocks of
+    16 channels).
     """
 
     narrow_fraction: float | None = None
@@ -61,8 +61,8 @@ class LowRankConfig:
     images: int = 64
     method: str = "separable"
     min_macs: int = 100_000_000
-    # Factored Convs of 64 or fewer outputs are the ones `cutq quantize` keeps in float: the 3x1 half feeds the
-    # 1x3 half through a signed map whose loudest channel is ~50x its median. They hold few weights but many
+    # Factored Convs of 64 or fewer outputs are most of those `cutq quantize` keeps in float: the 3x1 half feeds
+    # the 1x3 half through a signed map whose loudest channel is ~50x its median. They hold few weights but many
     # MACs, so leaving them whole (65) trades speed for INT8 fidelity: u2net-p50 then has 40.1 instead of 27.9
     # GMAC, and its INT8 file needs no float Conv (mask SSIM 0.980 instead of 0.976 with one, 71 held-out
     # photos) but ran at 0.230x of FP32 u2net instead of 0.198x. With narrow channels removed it is the
