@@ -76,6 +76,8 @@ class LowRankConfig:
             raise CutqError(f"--narrow-fraction must be in [0, 1), got {self.narrow_fraction}")
         if self.min_weights < 1 or self.multiple < 1 or self.images < 1:
             raise CutqError("low-rank minimum weights, rank multiple and photo count must be >= 1")
+        if self.min_outputs < 0 or (self.min_outputs and self.method != "separable"):
+            raise CutqError("--whole-below applies only to --factor-method separable, and is >= 0")
 
 
     @property

@@ -90,7 +90,7 @@ def prune(
     with errors_exit():
         if lowrank_photos is not None and (factor_method != "output" or not factor):
             raise CutqError("--lowrank-photos applies only to --factor-method output")
-        if whole_below and (factor_method != "separable" or not factor):
+        if whole_below and not factor:  # the method itself is checked by LowRankConfig
             raise CutqError("--whole-below applies only to --factor-method separable")
         job = PruneJob(
             model=model, prune=PruneConfig(ratio, multiple=multiple, min_channels=min_channels, narrow_share=narrow_share),
