@@ -52,6 +52,7 @@ def test_pipeline_writes_a_reproducible_variant(tiny: Path, tmp_path: Path) -> N
 
 def test_default_name() -> None:
     assert default_name("u2net", 0.5) == "u2net-p50" and default_name("u2netp", 0.3) == "u2netp-p30"
+    assert default_name("u2net", 0.5, "fast") == "u2net-p50-fast"
 
 
 def test_bad_input_is_a_clear_error_and_writes_nothing(tiny: Path, tmp_path: Path) -> None:
@@ -72,6 +73,13 @@ def test_bad_input_is_a_clear_error_and_writes_nothing(tiny: Path, tmp_path: Pat
     proc = _cli("--model", str(tiny), "--ratio", "0.5", "--factor-method", "output", "--whole-below", "65",
                 "--out", str(out))
     assert proc.returncode == 2 and "--whole-below applies only to --factor-method separable" in proc.stderr
+    proc = _cli("--model", str(tiny), "--ratio", "0.5", "--fast", "--whole-below", "33", "--out", str(out))
+    assert proc.returncode == 2 and "--fast sets --narrow-fraction, --channel-multiple and --whole-below" in proc.stderr
+    proc = _cli("--model", str(tiny), "--ratio", "0.5", "--fast", "--no-factor", "--out", str(out))
+    assert proc.returncode == 2 and "--fast is a recipe of --factor-method separable" in proc.stderr
+    for flags in (["--fast"], ["--narrow-fraction", "0.3"], ["--whole-below", "65"]):  # the tiny model has nothing to factor
+        proc = _cli("--model", str(tiny), "--ratio", "0.5", *flags, "--out", str(out))
+        assert proc.returncode == 2 and "no Conv of 500,000 weights or more to factor" in proc.stderr, flags
     proc = _cli("--model", str(tiny), "--ratio", "0.5", "--factor-method", "spatial", "--out", str(out))
     assert proc.returncode == 2 and "factoring method must be one of separable, output, got 'spatial'" in proc.stderr
     before = tiny.read_bytes()

@@ -52,20 +52,23 @@ def test_u2netp_factored_separably_through_the_pipeline(u2netp_path: Path, tmp_p
     # 16 or 64 outputs: only the 64s are factored.
     config = lowrank.LowRankConfig(min_weights=30_000, min_macs=50_000_000, min_outputs=64)
     job = PruneJob(model=str(u2netp_path), prune=PruneConfig(0.3), calib_dir=CALIBRATION, verify_count=2,
-                   out=tmp_path / "u2netp-s30.onnx", lowrank=config)
+                   cache_dir=tmp_path, lowrank=config, variant="fast")
     result = run(job)
+    out = tmp_path / "u2netp-p30-fast.onnx"  # a recipe's own cache name, beside (not over) the default's u2netp-p30
+    assert result.export.onnx_path == out and not (tmp_path / "u2netp-p30.onnx").exists()
     assert 0.6 * result.source.params < result.pruned.params <= 0.7 * result.source.params  # ranks move in steps of 16
     assert result.pruned.macs < result.source.macs
     assert result.channels_after == result.channels_before and result.ranks
     assert result.reconstruction is not None and result.reconstruction.convs >= len(result.ranks)  # the 1x3 Convs
-    manifest = json.loads(job.out.with_suffix(".json").read_text())
+    manifest = json.loads(out.with_suffix(".json").read_text())
+    assert manifest["name"] == "u2netp-p30-fast"
     step = next(s for s in manifest["steps"] if s["step"] == "lowrank")
     assert step["method"] == "separable" and step["ranks"] == result.ranks and 0 < step["share"] < 1
     assert all(r % 16 == 0 for r in result.ranks.values())
     every = separable.candidates(onnx.load(u2netp_path), config.min_macs)  # before the outputs bar
     assert {every[name].outputs for name in result.ranks} == {64}
     assert any(c.outputs == 16 for c in every.values())  # there were narrower Convs to leave whole
-    model = onnx.load(job.out)
+    model = onnx.load(out)
     assert {f"{name}.vertical" for name in result.ranks} <= {n.name for n in model.graph.node}
     assert modelstats.parameter_count(model) == result.pruned.params
     assert result.fidelity.ssim_mean > 0.8

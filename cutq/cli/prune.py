@@ -11,7 +11,7 @@ from rich.table import Table
 
 from cutq.prune.importance import CRITERIA
 from cutq.prune.lowrank import LowRankConfig
-from cutq.prune.pipeline import PruneJob, PruneResult, run
+from cutq.prune.pipeline import PruneJob, PruneResult, SpeedRecipe, run
 from cutq.prune.pruner import MAX_RATIO, PruneConfig
 from cutq.prune.reconstruct import ReconstructConfig
 from cutq_runtime.errors import CutqError
@@ -36,7 +36,8 @@ def prune(
     finetune_epochs: Annotated[int, typer.Option("--finetune-epochs", min=0, help="Then distil toward the FP32 model's "
                                                  "side outputs for N epochs on the calibration photos (needs "
                                                  "`pip install 'cutq\\[train]'`; resumes from <out>.ckpt).")] = 0,
-    out: Annotated[Path | None, typer.Option("--out", "-o", help="Output .onnx (default: cache, as <name>-p<R*100>).")] = None,
+    out: Annotated[Path | None, typer.Option("--out", "-o", help="Output .onnx (default: cache, as <name>-p<R*100>, "
+                                             "or <name>-p<R*100>-fast with --fast).")] = None,
     calib_dir: Annotated[Path | None, typer.Option("--calib-dir", help=CALIB_HELP)] = None,
     calib_count: Annotated[int, typer.Option("--calib-count", min=2, help="Calibration photos to sample for the "
                                           "refit. More cost time and memory and are not always better: on u2net at 0.5, 64 "
@@ -45,7 +46,8 @@ def prune(
                                           "0.5.")] = 16,
     verify_dir: Annotated[Path | None, typer.Option("--verify-dir", help=VERIFY_HELP)] = None,
     verify_count: Annotated[int, typer.Option("--verify-count", min=1, help="Verification photos to sample.")] = 16,
-    multiple: Annotated[int, typer.Option("--channel-multiple", min=1, help="Round kept channel counts to this.")] = 4,
+    multiple: Annotated[int | None, typer.Option("--channel-multiple", min=1, help="Round kept channel counts to this "
+                                                 "(default 4).")] = None,
     min_channels: Annotated[int, typer.Option("--min-channels", min=1, help="Never cut a group below this many channels: "
                                               "ONNX Runtime's INT8 Conv is about 4x slower with fewer than 16 "
                                               "outputs than with 16.")] = PruneConfig.min_channels,
@@ -73,11 +75,14 @@ def prune(
         "With --factor: the fraction of channels removed from each group under 256 channels before factoring (these "
         "Convs do most of the MACs, and fewer channels also means less Resize and Concat work). Default 0 with "
         "separable, 0.2 with output. Raise it for speed."))] = None,
-    whole_below: Annotated[int, typer.Option("--whole-below", min=0, help=(
-        "With --factor-method separable: leave Convs with fewer output channels than this whole. 65 keeps the "
-        "16-64-channel Convs whole: more MACs, but their INT8 needs no float Conv. With --narrow-fraction 0.5 "
-        "--channel-multiple 16 it made the fastest u2net-p50-int8 at mask SSIM 0.96 (0.147x of FP32 u2net; README, "
-        "Prune)."))] = LowRankConfig.min_outputs,
+    whole_below: Annotated[int | None, typer.Option("--whole-below", min=0, help=(
+        "With --factor-method separable: leave Convs with fewer output channels than this whole (default 0). 65 "
+        "keeps the 16-64-channel Convs whole: more MACs, but their INT8 needs no float Conv. With --narrow-fraction "
+        "0.5 --channel-multiple 16 it made the fastest u2net-p50-int8 at mask SSIM 0.96 (--fast)."))] = None,
+    fast: Annotated[bool, typer.Option("--fast", help=(
+        "The speed recipe: --narrow-fraction 0.5 --channel-multiple 16 --whole-below 65, cached as "
+        "<name>-p<R*100>-fast so the default recipe's model stays. u2net at 0.5: its INT8 file ran at 0.14-0.15x "
+        "of FP32 u2net (the default's at 0.20x) at mask SSIM 0.961 (0.976)."))] = False,
     lowrank_photos: Annotated[int | None, typer.Option("--lowrank-photos", min=2, help="With --factor-method output: "
                                                 "calibration photos the output statistics are measured on (one "
                                                 f"forward pass each; default {LowRankConfig.images}).")] = None,
@@ -92,13 +97,23 @@ def prune(
             raise CutqError("--lowrank-photos applies only to --factor-method output")
         if whole_below and not factor:  # the method itself is checked by LowRankConfig
             raise CutqError("--whole-below applies only to --factor-method separable")
+        recipe = SpeedRecipe() if fast else None
+        if recipe is not None:
+            if not factor or factor_method != "separable":
+                raise CutqError("--fast is a recipe of --factor-method separable; drop --no-factor / --factor-method")
+            if any(v is not None for v in (narrow_fraction, multiple, whole_below)):
+                raise CutqError("--fast sets --narrow-fraction, --channel-multiple and --whole-below itself; "
+                                "give those flags without --fast for a recipe of your own")
+            narrow_fraction, multiple, whole_below = recipe.narrow_fraction, recipe.channel_multiple, recipe.whole_below
         job = PruneJob(
-            model=model, prune=PruneConfig(ratio, multiple=multiple, min_channels=min_channels, narrow_share=narrow_share),
+            model=model, variant=recipe.variant if recipe else "",
+            prune=PruneConfig(ratio, multiple=multiple or PruneConfig.multiple, min_channels=min_channels,
+                              narrow_share=narrow_share),
             criterion=criterion, reconstruct=reconstruct, out=out,
             calib_dir=calib_dir, calib_count=calib_count, verify_dir=verify_dir, verify_count=verify_count, seed=seed,
             cache_dir=cache_dir, reconstruction=ReconstructConfig(samples=samples, ridge=ridge, seed=seed),
             finetune_epochs=finetune_epochs,
-            lowrank=LowRankConfig(narrow_fraction=narrow_fraction, method=factor_method, min_outputs=whole_below,
+            lowrank=LowRankConfig(narrow_fraction=narrow_fraction, method=factor_method, min_outputs=whole_below or 0,
                                   images=LowRankConfig.images if lowrank_photos is None else lowrank_photos)
             if factor else None,
         )
