@@ -65,7 +65,7 @@ class ReconstructReport:
     error_refit: float  # the same after the refit
 
 
-class _Normal:
+class NormalEquations:
     """Running normal equations of one Conv: XᵀX, XᵀY and the target's statistics."""
 
     def __init__(self) -> None:
@@ -124,7 +124,7 @@ def reconstruct(original: onnx.ModelProto, pruned: onnx.ModelProto, slices: Mapp
     frontier = Frontier(model, images)
     for step, chunk in enumerate(chunks, 1):
         progress(f"reconstruction: wave {step}/{len(chunks)} ({len(chunk)} Conv)")
-        normal = {name: _Normal() for name in chunk}
+        normal = {name: NormalEquations() for name in chunk}
         inputs = sorted({convs[name].input[0] for name in chunk})
         for i, values in enumerate(frontier.advance(model, inputs)):
             for name in chunk:

@@ -43,7 +43,7 @@ def test_pipeline_writes_a_reproducible_variant(tiny: Path, tmp_path: Path) -> N
     assert result.channels_after > 0.5 * result.channels_before  # which fall faster than the channels
     manifest = json.loads(outs[0].with_suffix(".json").read_text())
     assert manifest["steps"][0]["channel_fraction"] == result.channel_fraction
-    assert [s["step"] for s in manifest["steps"]] == ["prune", "lowrank", "reconstruct", "finetune"]
+    assert [s["step"] for s in manifest["steps"]] == ["prune", "lowrank", "reconstruct", "late_upsample", "finetune"]
     assert manifest["steps"][1]["enabled"] is False  # no Conv of the tiny model is big enough to factor
     assert manifest["steps"][0]["ratio"] == 0.5 and manifest["steps"][2]["convs"] == 4
     assert set(manifest["calibration"]["images"]).isdisjoint(manifest["verification"]["images"])
