@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -73,8 +74,9 @@ def test_bad_input_is_a_clear_error_and_writes_nothing(tiny: Path, tmp_path: Pat
     proc = _cli("--model", str(tiny), "--ratio", "0.5", "--factor-method", "output", "--whole-below", "65",
                 "--out", str(out))
     assert proc.returncode == 2 and "--whole-below applies only to --factor-method separable" in proc.stderr
-    proc = _cli("--model", str(tiny), "--ratio", "0.5", "--fast", "--whole-below", "33", "--out", str(out))
-    assert proc.returncode == 2 and "--fast sets --narrow-fraction, --channel-multiple and --whole-below" in proc.stderr
+    for flag in (["--whole-below", "33"], ["--no-late-upsample"]):  # another recipe must not take --fast's cache name
+        proc = _cli("--model", str(tiny), "--ratio", "0.5", "--fast", *flag, "--out", str(out))
+        assert proc.returncode == 2 and "--fast sets --narrow-fraction, --channel-multiple, --whole-below" in proc.stderr
     proc = _cli("--model", str(tiny), "--ratio", "0.5", "--fast", "--no-factor", "--out", str(out))
     assert proc.returncode == 2 and "--fast is a recipe of --factor-method separable" in proc.stderr
     for flags in (["--fast"], ["--narrow-fraction", "0.3"], ["--whole-below", "65"]):  # the tiny model has nothing to factor
@@ -89,14 +91,16 @@ def test_bad_input_is_a_clear_error_and_writes_nothing(tiny: Path, tmp_path: Pat
 
 
 def test_u2netp_through_the_command(u2netp_path: Path, tmp_path: Path) -> None:
-    proc = _cli("--model", str(u2netp_path), "--ratio", "0.5", "--no-reconstruct", "--calib-dir", str(CALIBRATION),
-                "--verify-count", "2", "--cache-dir", str(tmp_path))
+    proc = _cli("--model", str(u2netp_path), "--ratio", "0.5", "--no-reconstruct", "--late-upsample", "--calib-dir",
+                str(CALIBRATION), "--verify-count", "2", "--cache-dir", str(tmp_path))
     assert proc.returncode == 0, proc.stderr
     out = tmp_path / "u2netp-p50.onnx"
     assert out.is_file() and out.with_suffix(".ort").is_file() and out.stat().st_size < 0.52 * u2netp_path.stat().st_size
     assert "params" in proc.stdout and "mask SSIM vs unpruned on 2 held-out photos" in proc.stdout
+    assert re.search(r"late upsampling: [1-3] decoder Convs, [0-9.]+ GMAC saved", proc.stdout)  # of 575, 680, 810
     manifest = json.loads(out.with_suffix(".json").read_text())
     assert manifest["steps"][2] == {**manifest["steps"][2], "step": "reconstruct", "enabled": False}
+    assert manifest["steps"][3]["step"] == "late_upsample" and manifest["steps"][3]["enabled"]
     prune = manifest["steps"][0]
     assert prune["min_channels"] == 16 and min(len(kept) for kept in prune["kept"].values()) == 16
     listed = subprocess.run([str(Path(sys.executable).parent / "cutq"), "models", "list", "--cache-dir", str(tmp_path)],

@@ -83,7 +83,7 @@ def prune(
     late_upsample: Annotated[bool | None, typer.Option("--late-upsample/--no-late-upsample", help=(
         "Run each decoder Conv's upsampled half on the coarse map and upsample its output instead (3/4 fewer MACs "
         "there, no Concat), fit by least squares on the calibration photos. Only sites saving 50 M MACs or more "
-        "move. Default: on with --fast, off otherwise."))] = None,
+        "move. Off unless given; --fast turns it on."))] = None,
     fast: Annotated[bool, typer.Option("--fast", help=(
         "The speed recipe: --narrow-fraction 0.3 --channel-multiple 16 --whole-below 65 --late-upsample, cached as "
         "<name>-p<R*100>-fast so the default recipe's model stays. u2net at 0.5: 23.1 GMAC (default 27.9), mask "
@@ -106,11 +106,11 @@ def prune(
         if recipe is not None:
             if not factor or factor_method != "separable":
                 raise CutqError("--fast is a recipe of --factor-method separable; drop --no-factor / --factor-method")
-            if any(v is not None for v in (narrow_fraction, multiple, whole_below)):
-                raise CutqError("--fast sets --narrow-fraction, --channel-multiple and --whole-below itself; "
-                                "give those flags without --fast for a recipe of your own")
+            if any(v is not None for v in (narrow_fraction, multiple, whole_below, late_upsample)):
+                raise CutqError("--fast sets --narrow-fraction, --channel-multiple, --whole-below and --late-upsample "
+                                "itself; give those flags without --fast for a recipe of your own")
             narrow_fraction, multiple, whole_below = recipe.narrow_fraction, recipe.channel_multiple, recipe.whole_below
-            late_upsample = recipe.late_upsample if late_upsample is None else late_upsample
+            late_upsample = recipe.late_upsample
         job = PruneJob(
             model=model, variant=recipe.variant if recipe else "",
             prune=PruneConfig(ratio, multiple=multiple or PruneConfig.multiple, min_channels=min_channels,
