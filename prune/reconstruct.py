@@ -142,6 +142,15 @@ def reconstruct(original: onnx.ModelProto, pruned: onnx.ModelProto, slices: Mapp
     return model, ReconstructReport(len(refit), len(chunks), float(np.mean(before)), float(np.mean(after)))
 
 
+def sample_positions(key: Sequence[int], size: Sequence[int], count: int) -> tuple[np.ndarray, np.ndarray]:
+    """`count` distinct (row, column) positions of a `size` map, sorted, drawn by a generator seeded with `key`: the
+    same photo, Conv and seed always give the same positions, so a refit is reproducible byte for byte."""
+    height, width = size
+    rng = np.random.default_rng(list(key))
+    flat = np.sort(rng.choice(height * width, min(count, height * width), replace=False))
+    return flat // width, flat % width
+
+
 def _waves(model: onnx.ModelProto, refit: Sequence[str]) -> list[list[str]]:
     """`refit` in topological order, cut wherever a Conv depends on one already in the current wave."""
     upstream: dict[str, frozenset[str]] = {}  # tensor -> the Convs it depends on
@@ -172,10 +181,7 @@ def _targets(original: onnx.ModelProto, convs: Mapping[str, onnx.NodeProto], ref
             y = values[convs[name].output[0]][0]
             if slices[name].outputs is not None:
                 y = y[slices[name].outputs]
-            height, width = y.shape[1:]
-            rng = np.random.default_rng([config.seed, i, k])
-            flat = np.sort(rng.choice(height * width, min(config.samples, height * width), replace=False))
-            ys, xs = flat // width, flat % width
+            ys, xs = sample_positions([config.seed, i, k], y.shape[1:], config.samples)
             positions[name].append((ys, xs))
             targets[name].append(np.ascontiguousarray(y[:, ys, xs].T))
     return positions, targets

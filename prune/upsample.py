@@ -38,7 +38,7 @@ from cutq_runtime.errors import ModelError
 from .activations import Frontier, capture
 from .depgraph import conv_weights
 from .geometry import Geometry, im2col
-from .reconstruct import NormalEquations
+from .reconstruct import NormalEquations, sample_positions
 
 Progress = Callable[[str], None]
 LINEAR_MODES = (b"half_pixel", b"pytorch_half_pixel")
@@ -137,10 +137,14 @@ def late_upsample(model: onnx.ModelProto, images: Sequence[np.ndarray], config: 
     if not sites or not images:
         return copy_model(model), LateUpsampleReport((), 0, 0.0, 0.0)
     convs = {n.name: n for n in model.graph.node if n.op_type == "Conv"}
-    targets = {site.conv: [] for site in sites}
-    for values in capture(model, [convs[s.conv].output[0] for s in sites], images):
-        for site in sites:
-            targets[site.conv].append(values[convs[site.conv].output[0]][0])
+    # Sampled as they are captured: the full maps of every site and photo would hold hundreds of MB at 320x320.
+    positions: dict[tuple[str, int], tuple[np.ndarray, np.ndarray]] = {}
+    targets: dict[tuple[str, int], np.ndarray] = {}
+    for i, values in enumerate(capture(model, [convs[s.conv].output[0] for s in sites], images)):
+        for step, site in enumerate(sites, 1):
+            y = values[convs[site.conv].output[0]][0]
+            ys, xs = positions[site.conv, i] = sample_positions([config.seed, i, step], y.shape[1:], config.samples)
+            targets[site.conv, i] = np.ascontiguousarray(y[:, ys, xs].T)
     moved = _rewrite(model, sites)
     weights = conv_weights(model)
     frontier = Frontier(moved, images)
@@ -152,15 +156,12 @@ def late_upsample(model: onnx.ModelProto, images: Sequence[np.ndarray], config: 
         fine = weight[:, site.channels:].reshape(len(weight), -1)
         normal = NormalEquations()
         for i, values in enumerate(frontier.advance(moved, [site.coarse, site.skip])):
-            x, s, y = values[site.coarse][0], values[site.skip][0], targets[site.conv][i]
+            x, s = values[site.coarse][0], values[site.skip][0]
             if s.shape[1:] != (2 * x.shape[1], 2 * x.shape[2]):
                 raise ModelError(f"Conv '{site.conv}': late upsampling needs an exact 2x Resize, got "
                                  f"{x.shape[1:]} -> {s.shape[1:]}")
-            height, width = y.shape[1:]
-            rng = np.random.default_rng([config.seed, i, step])
-            flat = np.sort(rng.choice(height * width, min(config.samples, height * width), replace=False))
-            ys, xs = flat // width, flat % width
-            rest = y[:, ys, xs].T - im2col(s, geometry, ys, xs) @ fine.T
+            ys, xs = positions[site.conv, i]
+            rest = targets[site.conv, i] - im2col(s, geometry, ys, xs) @ fine.T
             normal.add(_upsampled_patches(x, geometry, ys, xs), rest)
         w0 = np.vstack([weight[:, :site.channels].reshape(len(weight), -1).T,
                         (np.zeros(len(weight)) if bias is None else bias)[None]]).astype(np.float64)
