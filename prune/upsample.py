@@ -19,6 +19,11 @@ mask SSIM mean against FP32 u2net on 71 davis-val photos of scenes not calibrate
 the 5 sites that qualify took it to 23.05 GMAC and SSIM 0.9745 -> 0.9733, and its all-INT8 file from 0.171x to
 0.152x of FP32 u2net's latency (one interleaved run). With the 6 sites whose Conv widens x also moved (21.67
 GMAC, SSIM 0.9721) the file was no faster (0.155x); with all 33 sites, 21.33 GMAC, SSIM 0.9699.
+
+Two other fits were measured on the same recipe and left out, SSIM mean on the 71 photos and on `cutq bench`'s
+16 against 0.9733 and 0.9666: fitting to the unpruned u2net's Conv outputs where the site's output exists there
+(2 of the 5 sites; the other 3 are the 3x1 halves of factored Convs), 0.9735 and 0.9667; refitting the skip
+half's kernel together with the coarse one, 0.9730 and 0.9661 (both, 0.9733 and 0.9663).
 """
 
 from __future__ import annotations
