@@ -207,3 +207,15 @@ def conv_weights(model: onnx.ModelProto) -> dict[str, tuple[np.ndarray, np.ndarr
             bias = numpy_helper.to_array(inits[node.input[2]]) if len(node.input) > 2 and node.input[2] else None
             found[node.name] = (numpy_helper.to_array(inits[node.input[1]]), bias)
     return found
+
+
+def feature_shapes(model: onnx.ModelProto) -> dict[str, tuple[int, int, int]]:
+    """Tensor -> (channels, height, width) of every 4-D map, as far as shape inference knows them (0: unknown; U²-Net's
+    input size is fixed, so it knows them all)."""
+    inferred = onnx.shape_inference.infer_shapes(model).graph
+    found = {}
+    for value in (*inferred.value_info, *inferred.input, *inferred.output):
+        dims = [d.dim_value for d in value.type.tensor_type.shape.dim]
+        if len(dims) == 4:
+            found[value.name] = (dims[1], dims[2], dims[3])
+    return found

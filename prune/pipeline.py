@@ -125,9 +125,13 @@ def run(job: PruneJob, progress: Progress = lambda message: None) -> PruneResult
         raise ModelError(f"{resolved.path}: no prunable channels (every Conv feeds an output or the traced graph is empty)")
     shapes = {conv: w.shape for conv, (w, _) in conv_weights(source).items()}
     factoring = job.lowrank is not None and any(np.prod(s) >= job.lowrank.min_weights for s in shapes.values())
-    if not factoring and job.lowrank is not None and (job.lowrank.narrow_fraction is not None or job.lowrank.min_outputs):
+    if not factoring and job.lowrank is not None and (job.lowrank.narrow_fraction is not None or job.lowrank.min_outputs
+                                                      or job.prune.keep_narrow):
         raise ModelError(f"{resolved.path}: no Conv of {job.lowrank.min_weights:,} weights or more to factor, so "
-                         "--narrow-fraction, --whole-below and --fast do not apply; it loses channels by --ratio alone")
+                         "--narrow-fraction, --whole-below, --keep-narrow and --fast do not apply; it loses channels by "
+                         "--ratio alone")
+    if job.lowrank is None and job.prune.keep_narrow:
+        raise CutqError("--keep-narrow needs the factoring to meet the ratio; drop --no-factor")
     progress("loading images")
     calib, checked = calibration_set.calibration_and_verification(
         job.calib_dir or DEFAULT_CALIB_DIR, job.verify_dir, job.calib_count, job.verify_count, job.seed, resolved.input,
@@ -141,6 +145,7 @@ def run(job: PruneJob, progress: Progress = lambda message: None) -> PruneResult
     if factoring:
         fraction = job.lowrank.narrow
         fractions = {g.index: 0.0 if g.channels >= job.prune.narrow_below else fraction for g in graph.prunable}
+        fractions = pruner.spare(source, graph, fractions, job.prune.keep_narrow)
     else:
         fraction = pruner.channel_fraction(graph, shapes, job.prune)
         fractions = job.prune.fractions(graph, fraction)

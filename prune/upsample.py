@@ -41,7 +41,7 @@ from cutq.quantize.mixed import drop_unused_initializers
 from cutq_runtime.errors import ModelError
 
 from .activations import Frontier, capture
-from .depgraph import conv_weights
+from .depgraph import conv_weights, feature_shapes
 from .geometry import Geometry, im2col
 from .reconstruct import NormalEquations, sample_positions
 
@@ -124,14 +124,8 @@ def _plain(conv: onnx.NodeProto, resize: onnx.NodeProto, cat: onnx.NodeProto) ->
 
 
 def _channels(model: onnx.ModelProto) -> dict[str, int]:
-    """Tensor -> channel count, where shape inference knows it (U²-Net's input size is fixed)."""
-    inferred = onnx.shape_inference.infer_shapes(model).graph
-    found = {}
-    for value in (*inferred.value_info, *inferred.input, *inferred.output):
-        dims = value.type.tensor_type.shape.dim
-        if len(dims) == 4 and dims[1].dim_value > 0:
-            found[value.name] = dims[1].dim_value
-    return found
+    """Tensor -> channel count, where shape inference knows it."""
+    return {name: shape[0] for name, shape in feature_shapes(model).items() if shape[0] > 0}
 
 
 def late_upsample(model: onnx.ModelProto, images: Sequence[np.ndarray], config: LateUpsampleConfig | None = None,

@@ -74,14 +74,18 @@ def test_bad_input_is_a_clear_error_and_writes_nothing(tiny: Path, tmp_path: Pat
     proc = _cli("--model", str(tiny), "--ratio", "0.5", "--factor-method", "output", "--whole-below", "65",
                 "--out", str(out))
     assert proc.returncode == 2 and "--whole-below applies only to --factor-method separable" in proc.stderr
-    for flag in (["--whole-below", "33"], ["--no-late-upsample"]):  # another recipe must not take --fast's cache name
+    for flag in (["--whole-below", "33"], ["--no-late-upsample"], ["--keep-narrow", "80:64"]):  # not under --fast's name
         proc = _cli("--model", str(tiny), "--ratio", "0.5", "--fast", *flag, "--out", str(out))
         assert proc.returncode == 2 and "--fast sets --narrow-fraction, --channel-multiple, --whole-below" in proc.stderr
     proc = _cli("--model", str(tiny), "--ratio", "0.5", "--fast", "--no-factor", "--out", str(out))
     assert proc.returncode == 2 and "--fast is a recipe of --factor-method separable" in proc.stderr
-    for flags in (["--fast"], ["--narrow-fraction", "0.3"], ["--whole-below", "65"]):  # the tiny model has nothing to factor
+    for flags in (["--fast"], ["--narrow-fraction", "0.3"], ["--whole-below", "65"], ["--keep-narrow", "80:64"]):
         proc = _cli("--model", str(tiny), "--ratio", "0.5", *flags, "--out", str(out))
         assert proc.returncode == 2 and "no Conv of 500,000 weights or more to factor" in proc.stderr, flags
+    for flags, shown in ((["--keep-narrow", "80"], "--keep-narrow takes SIZE:CHANNELS, such as 80:64, not '80'"),
+                         (["--keep-narrow", "80:64", "--no-factor"], "--keep-narrow needs the factoring")):
+        proc = _cli("--model", str(tiny), "--ratio", "0.5", *flags, "--out", str(out))
+        assert proc.returncode == 2 and shown in proc.stderr, flags
     proc = _cli("--model", str(tiny), "--ratio", "0.5", "--factor-method", "spatial", "--out", str(out))
     assert proc.returncode == 2 and "factoring method must be one of separable, output, got 'spatial'" in proc.stderr
     before = tiny.read_bytes()

@@ -234,3 +234,24 @@ def test_narrow_share_spares_the_narrow_groups_at_the_same_parameter_count(u2net
     assert 0.5 <= removed < 0.55
     with pytest.raises(CutqError, match="narrow share"):
         pruner.PruneConfig(0.5, narrow_share=-1)
+
+
+def test_spare_keeps_the_groups_of_one_map_size_and_width_whole(u2netp_path: Path) -> None:
+    model = onnx.load(u2netp_path)
+    graph = trace(model)
+    fractions = {g.index: 0.5 for g in graph.prunable}
+    spared = pruner.spare(model, graph, fractions, ((80, 64),))
+    assert pruner.spare(model, graph, fractions, ()) == fractions
+    # The map sizes as ONNX Runtime computes them on a 320x320 photo, not as shape inference reports them.
+    producers = sorted({p for g in graph.prunable for p in g.producers})
+    convs = {n.name: n.output[0] for n in model.graph.node}
+    x = np.random.default_rng(0).random((1, 3, 320, 320), dtype=np.float32)
+    height = {p: v.shape[2] for p, v in zip(producers, next(capture(model, [convs[p] for p in producers], [x])).values(),
+                                            strict=True)}
+    at80 = {g.index for g in graph.prunable if any(height[p] == 80 for p in g.producers)}
+    wide80 = {g.index for g in graph.prunable if g.index in at80 and g.channels >= 64}
+    assert wide80 and at80 - wide80  # u2netp has both 64- and 16-channel groups at 80x80
+    assert {i for i, f in spared.items() if f == 0.0} == wide80
+    assert all(spared[i] == 0.5 for i in fractions if i not in wide80)
+    with pytest.raises(CutqError, match="--keep-narrow"):
+        pruner.PruneConfig(0.5, keep_narrow=((80, 0),))

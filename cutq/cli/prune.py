@@ -84,6 +84,10 @@ def prune(
         "Run each decoder Conv's upsampled half on the coarse map and upsample its output instead (3/4 fewer MACs "
         "there, no Concat), fit by least squares on the calibration photos. Only sites saving 50 M MACs or more "
         "move. Off unless given; --fast turns it on."))] = None,
+    keep_narrow: Annotated[list[str] | None, typer.Option("--keep-narrow", metavar="SIZE:CHANNELS", help=(
+        "With --factor: the narrow groups on SIZE x SIZE maps with at least CHANNELS channels keep every channel; "
+        "repeatable. Where channels go matters more than how many: on u2net, --fast's recipe with --keep-narrow 80:64 "
+        "had 24.2 GMAC (23.1) and mask SSIM mean 0.976 (0.973) on held-out photos."))] = None,
     fast: Annotated[bool, typer.Option("--fast", help=(
         "The speed recipe: --narrow-fraction 0.3 --channel-multiple 16 --whole-below 65 --late-upsample, cached as "
         "<name>-p<R*100>-fast so the default recipe's model stays. u2net at 0.5: 23.1 GMAC (default 27.9), mask "
@@ -106,15 +110,15 @@ def prune(
         if recipe is not None:
             if not factor or factor_method != "separable":
                 raise CutqError("--fast is a recipe of --factor-method separable; drop --no-factor / --factor-method")
-            if any(v is not None for v in (narrow_fraction, multiple, whole_below, late_upsample)):
-                raise CutqError("--fast sets --narrow-fraction, --channel-multiple, --whole-below and --late-upsample "
-                                "itself; give those flags without --fast for a recipe of your own")
+            if any(v is not None for v in (narrow_fraction, multiple, whole_below, late_upsample)) or keep_narrow:
+                raise CutqError("--fast sets --narrow-fraction, --channel-multiple, --whole-below, --late-upsample and "
+                                "--keep-narrow itself; give those flags without --fast for a recipe of your own")
             narrow_fraction, multiple, whole_below = recipe.narrow_fraction, recipe.channel_multiple, recipe.whole_below
             late_upsample = recipe.late_upsample
         job = PruneJob(
             model=model, variant=recipe.variant if recipe else "",
             prune=PruneConfig(ratio, multiple=multiple or PruneConfig.multiple, min_channels=min_channels,
-                              narrow_share=narrow_share),
+                              narrow_share=narrow_share, keep_narrow=_size_channels(keep_narrow or [])),
             criterion=criterion, reconstruct=reconstruct, out=out,
             calib_dir=calib_dir, calib_count=calib_count, verify_dir=verify_dir, verify_count=verify_count, seed=seed,
             cache_dir=cache_dir, reconstruction=ReconstructConfig(samples=samples, ridge=ridge, seed=seed),
@@ -163,3 +167,14 @@ def print_summary(r: PruneResult, config: PruneConfig) -> None:
     err.print(f"{r.export.onnx_path} (+ .ort, .json)")
     for skipped in r.skipped_images:
         err.print(f"[yellow]skipped:[/yellow] {skipped}")
+
+
+def _size_channels(values: list[str]) -> tuple[tuple[int, int], ...]:
+    """["80:64"] -> ((80, 64),); a clear error for anything else."""
+    found = []
+    for value in values:
+        size, _, channels = value.partition(":")
+        if not (size.strip().isdigit() and channels.strip().isdigit()):
+            raise CutqError(f"--keep-narrow takes SIZE:CHANNELS, such as 80:64, not '{value}'")
+        found.append((int(size), int(channels)))
+    return tuple(found)
