@@ -96,7 +96,7 @@ def find_sites(model: onnx.ModelProto, min_macs: int, max_widening: float = 1.0)
     for node in model.graph.node:
         for name in node.input:
             readers.setdefault(name, []).append(node)
-    weights, macs, channels_of = conv_weights(model), modelstats.macs_by_conv(model), _channels(model)
+    weights, macs, shapes = conv_weights(model), modelstats.macs_by_conv(model), feature_shapes(model)
     found = []
     for cat in model.graph.node:
         conv = readers.get(cat.output[0], [None])[0] if cat.op_type == "Concat" else None
@@ -105,7 +105,7 @@ def find_sites(model: onnx.ModelProto, min_macs: int, max_widening: float = 1.0)
                 or len(readers[resize.output[0]]) != 1 or conv.name not in weights or not _plain(conv, resize, cat)):
             continue
         weight = weights[conv.name][0]
-        skip = channels_of.get(cat.input[1], 0)
+        skip = shapes.get(cat.input[1], (0,))[0]  # 0: unknown
         if not 0 < skip < weight.shape[1]:
             continue
         channels = weight.shape[1] - skip
@@ -121,11 +121,6 @@ def _plain(conv: onnx.NodeProto, resize: onnx.NodeProto, cat: onnx.NodeProto) ->
     return (a.get("group", 1) == 1 and all(v == 1 for v in (*a.get("strides", [1, 1]), *a.get("dilations", [1, 1])))
             and a.get("mode") == b"linear" and a.get("coordinate_transformation_mode", b"half_pixel") in LINEAR_MODES
             and a.get("axis") == 1 and a.get("auto_pad", b"NOTSET") == b"NOTSET")
-
-
-def _channels(model: onnx.ModelProto) -> dict[str, int]:
-    """Tensor -> channel count, where shape inference knows it."""
-    return {name: shape[0] for name, shape in feature_shapes(model).items() if shape[0] > 0}
 
 
 def late_upsample(model: onnx.ModelProto, images: Sequence[np.ndarray], config: LateUpsampleConfig | None = None,
