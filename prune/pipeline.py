@@ -85,20 +85,23 @@ class PruneResult:
 
 @dataclass(frozen=True)
 class SpeedRecipe:
-    """`cutq prune --fast`: the fastest ratio-0.5 u2net measured at mask SSIM about 0.97.
+    """`cutq prune --fast`: the fastest ratio-0.5 u2net measured at mask SSIM 0.97 or more.
 
     The narrow groups (under 256 channels) lose 30% of their channels in blocks of 16 (32 -> 16, 64 -> 48,
-    128 -> 96): they hold the full-resolution MACs and the Resize and Concat work between them. Only the Convs of
-    more than 64 outputs are factored, so the 16-64-channel Convs need no float Conv in INT8. Late upsampling
-    then runs the decoder's biggest upsampled halves at the coarse resolution (`upsample`). On u2net: 23.05 GMAC,
-    mask SSIM mean 0.973 against FP32 u2net on 71 photos of scenes not calibrated on (0.967 on the bench's 16);
-    its INT8 file ran at 0.14x of FP32 u2net in `cutq bench`, the default recipe's at 0.19x (README, Prune).
+    128 -> 96): they hold the full-resolution MACs and the Resize and Concat work between them. The 64- and
+    128-channel groups on 80x80 maps keep every channel (`pruner.spare`): 1.2 GMAC more for mask SSIM 0.973 ->
+    0.976. Only the Convs of more than 64 outputs are factored, so the 16-64-channel Convs need no float Conv in
+    INT8. Late upsampling then runs the decoder's biggest upsampled halves at the coarse resolution (`upsample`).
+    On u2net: 24.23 GMAC, mask SSIM mean 0.976 against FP32 u2net on 71 photos of scenes not calibrated on (0.970
+    on the bench's 16); its 4-bit INT8 file ran at 0.14x of FP32 u2net in `cutq bench`, the default recipe's at
+    0.19x (README, Prune).
     """
 
     narrow_fraction: float = 0.3
     channel_multiple: int = 16
     whole_below: int = 65
     late_upsample: bool = True
+    keep_narrow: tuple[tuple[int, int], ...] = ((80, 64),)
     variant: str = "fast"
 
 

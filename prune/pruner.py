@@ -59,7 +59,7 @@ class PruneConfig:
     narrow_share: float = 1.0
     narrow_below: int = 256
     # (size, channels): narrow groups on size x size maps with at least that many channels keep every channel (only
-    # with factoring, which meets the ratio). On u2net's --fast recipe, (80, 64) spares three groups for 1.2 GMAC and
+    # with factoring, which meets the ratio). --fast has (80, 64): on u2net it spares three groups for 1.2 GMAC and
     # raised mask SSIM mean from 0.973 to 0.976 (`spare`).
     keep_narrow: tuple[tuple[int, int], ...] = ()
 
@@ -84,7 +84,7 @@ def spare(model: onnx.ModelProto, graph: DepGraph, fractions: Mapping[int, float
     """`fractions` with 0 for every group on size x size maps (its producers' outputs) with at least `channels`
     channels, for each (size, channels) in `keep`.
 
-    Where a narrow group loses channels matters more than how many it loses. On u2net's --fast recipe (16
+    Where a narrow group loses channels matters more than how many it loses. On u2net's --fast recipe without it (16
     calibration photos; mask SSIM mean against FP32 u2net on 71 photos of other scenes, then on `cutq bench`'s 16),
     sparing the 64- and 128-channel groups at 80x80 took 23.05 GMAC at 0.9733 / 0.9666 to 24.23 GMAC at 0.9760 /
     0.9701; sparing every group at 320x320 instead cost 7.4 GMAC for 0.9743 / 0.9691, at 160x160 4.1 GMAC for

@@ -86,12 +86,13 @@ def prune(
         "move. Off unless given; --fast turns it on."))] = None,
     keep_narrow: Annotated[list[str] | None, typer.Option("--keep-narrow", metavar="SIZE:CHANNELS", help=(
         "With --factor: the narrow groups on SIZE x SIZE maps with at least CHANNELS channels keep every channel; "
-        "repeatable. Where channels go matters more than how many: on u2net, --fast's recipe with --keep-narrow 80:64 "
-        "had 24.2 GMAC (23.1) and mask SSIM mean 0.976 (0.973) on held-out photos."))] = None,
+        "repeatable. Where channels go matters more than how many: on u2net, --fast's recipe without --keep-narrow "
+        "80:64 had 23.1 GMAC (24.2) but mask SSIM mean 0.973 (0.976) on held-out photos."))] = None,
     fast: Annotated[bool, typer.Option("--fast", help=(
-        "The speed recipe: --narrow-fraction 0.3 --channel-multiple 16 --whole-below 65 --late-upsample, cached as "
-        "<name>-p<R*100>-fast so the default recipe's model stays. u2net at 0.5: 23.1 GMAC (default 27.9), mask "
-        "SSIM mean 0.973 (0.978) against FP32 u2net on held-out photos; INT8 at 0.14x of FP32 u2net's time (0.19x)."))] = False,
+        "The speed recipe: --narrow-fraction 0.3 --channel-multiple 16 --whole-below 65 --late-upsample "
+        "--keep-narrow 80:64, cached as <name>-p<R*100>-fast so the default recipe's model stays. u2net at 0.5: "
+        "24.2 GMAC (default 27.9), mask SSIM mean 0.976 (0.978) against FP32 u2net on held-out photos; its 4-bit "
+        "INT8 file at 0.14x of FP32 u2net's time (0.19x)."))] = False,
     lowrank_photos: Annotated[int | None, typer.Option("--lowrank-photos", min=2, help="With --factor-method output: "
                                                 "calibration photos the output statistics are measured on (one "
                                                 f"forward pass each; default {LowRankConfig.images}).")] = None,
@@ -107,6 +108,7 @@ def prune(
         if whole_below and not factor:  # the method itself is checked by LowRankConfig
             raise CutqError("--whole-below applies only to --factor-method separable")
         recipe = SpeedRecipe() if fast else None
+        spared = _size_channels(keep_narrow or [])
         if recipe is not None:
             if not factor or factor_method != "separable":
                 raise CutqError("--fast is a recipe of --factor-method separable; drop --no-factor / --factor-method")
@@ -114,11 +116,11 @@ def prune(
                 raise CutqError("--fast sets --narrow-fraction, --channel-multiple, --whole-below, --late-upsample and "
                                 "--keep-narrow itself; give those flags without --fast for a recipe of your own")
             narrow_fraction, multiple, whole_below = recipe.narrow_fraction, recipe.channel_multiple, recipe.whole_below
-            late_upsample = recipe.late_upsample
+            late_upsample, spared = recipe.late_upsample, recipe.keep_narrow
         job = PruneJob(
             model=model, variant=recipe.variant if recipe else "",
             prune=PruneConfig(ratio, multiple=multiple or PruneConfig.multiple, min_channels=min_channels,
-                              narrow_share=narrow_share, keep_narrow=_size_channels(keep_narrow or [])),
+                              narrow_share=narrow_share, keep_narrow=spared),
             criterion=criterion, reconstruct=reconstruct, out=out,
             calib_dir=calib_dir, calib_count=calib_count, verify_dir=verify_dir, verify_count=verify_count, seed=seed,
             cache_dir=cache_dir, reconstruction=ReconstructConfig(samples=samples, ridge=ridge, seed=seed),
