@@ -81,6 +81,7 @@ class PruneResult:
     fidelity: verify.Fidelity
     export: ExportResult
     skipped_images: tuple[str, ...]
+    calibration_photos: int  # the refit fits these; far fewer than asked for generalises worse
 
 
 @dataclass(frozen=True)
@@ -223,7 +224,7 @@ def run(job: PruneJob, progress: Progress = lambda message: None) -> PruneResult
     written = export(model, out, manifest, source=resolved.path)
     out.with_suffix(".ckpt").unlink(missing_ok=True)  # the fine-tune finished: nothing left to resume
     return PruneResult(out.stem, before, ModelFigures(params, macs, written.size_bytes), len(keep), *channels, fraction, ranks,
-                       report, late, fidelity, written, calib.skipped + checked.skipped)
+                       report, late, fidelity, written, calib.skipped + checked.skipped, len(calib.paths))
 
 
 def _separable(source: onnx.ModelProto, model: onnx.ModelProto, slices: dict[str, pruner.ConvSlice], job: PruneJob,

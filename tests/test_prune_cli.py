@@ -94,6 +94,17 @@ def test_bad_input_is_a_clear_error_and_writes_nothing(tiny: Path, tmp_path: Pat
     assert not list(tmp_path.glob("o.*")) and not list(tmp_path.glob(".*"))
 
 
+def test_too_few_calibration_photos_are_warned_about(tiny: Path, tmp_path: Path, davis: Path) -> None:
+    warning = "the refit had 2 calibration photos (16 asked for)"
+    small = ("--model", str(tiny), "--ratio", "0.5", "--min-channels", "1", "--channel-multiple", "2")
+    few = _cli(*small, "--out", str(tmp_path / "few.onnx"), "--calib-dir", str(CALIBRATION))
+    shown = " ".join(few.stderr.split())  # rich wraps the message
+    assert few.returncode == 0 and warning in shown and "--calib-dir a folder of 16 or more" in shown, few.stderr
+    enough = _cli(*small, "--out", str(tmp_path / "enough.onnx"), "--calib-dir", str(davis))
+    assert enough.returncode == 0, enough.stderr
+    assert "warning" not in enough.stderr and (tmp_path / "enough.onnx").is_file()
+
+
 def test_u2netp_through_the_command(u2netp_path: Path, tmp_path: Path) -> None:
     proc = _cli("--model", str(u2netp_path), "--ratio", "0.5", "--no-reconstruct", "--late-upsample", "--calib-dir",
                 str(CALIBRATION), "--verify-count", "2", "--cache-dir", str(tmp_path))

@@ -131,11 +131,12 @@ def prune(
         )
         with err.status(f"Pruning {model}") as status:
             result = run(job, progress=lambda message: status.update(f"Pruning {model}: {message}"))
-    print_summary(result, job.prune)
+    print_summary(result, job.prune, job.calib_count)
 
 
-def print_summary(r: PruneResult, config: PruneConfig) -> None:
-    """Before/after: parameters, GMAC, file size; then mask SSIM against the unpruned model."""
+def print_summary(r: PruneResult, config: PruneConfig, asked: int) -> None:
+    """Before/after: parameters, GMAC, file size; then mask SSIM against the unpruned model; a warning when the refit
+    had fewer calibration photos than asked for, because its held-out figure then overstates the model."""
     if r.ranks and r.channels_before == r.channels_after:
         title = f"{r.name}: {len(r.ranks)} Convs factored to ranks {min(r.ranks.values())}-{max(r.ranks.values())}"
     elif r.ranks:
@@ -169,6 +170,11 @@ def print_summary(r: PruneResult, config: PruneConfig) -> None:
     err.print(f"{r.export.onnx_path} (+ .ort, .json)")
     for skipped in r.skipped_images:
         err.print(f"[yellow]skipped:[/yellow] {skipped}")
+    if r.calibration_photos < asked:
+        err.print(f"[yellow]warning:[/yellow] the refit had {r.calibration_photos} calibration photos ({asked} asked "
+                  "for), so it fits them more than photos like yours. On u2net, --fast refit on the 2 bundled photos "
+                  "scored mask SSIM mean 0.956 on 71 held-out davis-val photos, where a refit on 16 davis-val photos "
+                  "of other scenes scored 0.976. Give --calib-dir a folder of 16 or more photos like yours.")
 
 
 def _size_channels(values: list[str]) -> tuple[tuple[int, int], ...]:
