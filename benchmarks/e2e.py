@@ -7,25 +7,29 @@ A stage breakdown (see `stages.py`) shows where each library spends its time, an
 decoded to check parity (max |Δalpha| should be 0, at most 1).
 
 Run: `.venv/bin/python -m cutq.benchmarks.e2e [--count 8] [--models u2netp,u2net] [--json out.json]`
+
+rembg is a dev dependency (`pip install 'cutq[dev]'` or `pip install rembg`): this module imports without it
+so the package does, and `main` refuses in one line, naming the fix, when it is missing.
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib.metadata
+import importlib.util
 import json
 import os
 import platform
 import statistics
+import sys
 import time
 from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import onnxruntime as ort
-import rembg
-from rembg.sessions.base import BaseSession
 
 import cutq_runtime
 from cutq_runtime.models import cache_dir
@@ -36,7 +40,11 @@ from .report import GroupResult, ModelResult, report, summary
 from .runners import rembg_session
 from .stages import STAGES, check_replicas, cutq_stages, max_abs_diff, rembg_stages
 
-REMBG_VERSION = importlib.metadata.version("rembg")
+if TYPE_CHECKING:
+    from rembg.sessions.base import BaseSession
+
+MISSING_REMBG = ("error: python -m cutq.benchmarks.e2e compares cutq with rembg, which is not installed "
+                 "(pip install rembg, or pip install 'cutq[dev]')")
 
 
 @dataclass(frozen=True)
@@ -89,6 +97,8 @@ def _order(rep: int, index: int) -> tuple[str, str]:
 
 def run_model(name: str, items: list[BenchImage], cfg: Config) -> ModelResult:
     """Time both libraries on every image, `cfg.repeats` times, then the stage breakdown the same way."""
+    import rembg  # a dev dependency: `main` has checked it is installed
+
     rs, cs = _sessions(name, cfg.threads)
     both = {
         "rembg": lambda data: rembg.remove(data, session=rs),
@@ -150,14 +160,18 @@ def _group_label(members: list[BenchImage], cfg: Config) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    cfg = parse_args(argv)
+    cfg = parse_args(argv)  # first, so --help works without rembg
+    if importlib.util.find_spec("rembg") is None:
+        print(MISSING_REMBG, file=sys.stderr)
+        return 1
+    rembg_version = importlib.metadata.version("rembg")
     os.environ["U2NET_HOME"] = str(cache_dir())  # rembg then finds cutq's files and downloads nothing
     items = load_photos(cfg.images, cfg.count)
     if cfg.large:
         items.append(make_large(items[0]))
     print(f"images: {cfg.images.resolve()} -> {', '.join(i.label for i in items)}")
     print(f"threads: {cfg.threads or 'ORT default'}; repeats: {cfg.repeats}; cores: {os.cpu_count()}; "
-          f"onnxruntime {ort.__version__}; cutq_runtime {cutq_runtime.__version__}; rembg {REMBG_VERSION}")
+          f"onnxruntime {ort.__version__}; cutq_runtime {cutq_runtime.__version__}; rembg {rembg_version}")
     if cfg.threads is None and os.environ.get("OMP_NUM_THREADS"):
         print("warning: OMP_NUM_THREADS is set; rembg applies it to its session and cutq does not")
     results, load = [], os.getloadavg()  # other jobs on the machine skew absolute ms, not paired ratios
@@ -171,7 +185,7 @@ def main(argv: list[str] | None = None) -> int:
                    "images": [{"label": i.label, "group": i.group, "size": i.size, "bytes": len(i.data)}
                               for i in items],
                    "platform": {"python": platform.python_version(), "machine": platform.machine(),
-                                "cpus": os.cpu_count(), "onnxruntime": ort.__version__, "rembg": REMBG_VERSION,
+                                "cpus": os.cpu_count(), "onnxruntime": ort.__version__, "rembg": rembg_version,
                                 "cutq_runtime": cutq_runtime.__version__},
                    "results": [asdict(r) for r in results], "summary": [summary(r) for r in results]}
         cfg.json_path.write_text(json.dumps(payload, indent=2, default=str) + "\n")

@@ -4,6 +4,9 @@ The rembg side replays what `rembg.remove(bytes, session=...)` does for a U²-Ne
 (open + EXIF fix, `normalize`, `inner_session.run`, min-max + LANCZOS mask + `naive_cutout`, PNG at
 Pillow's default level). The cutq side calls the runtime's own stage functions. `check_replicas` proves
 each replay produces the same bytes as the real `remove()`, so the breakdown describes the measured code.
+
+rembg is a dev dependency only: it is imported inside `rembg_stages`, never at module level, because
+`cutq bench` imports this module (through `runners`) and must start without rembg installed.
 """
 
 from __future__ import annotations
@@ -11,15 +14,17 @@ from __future__ import annotations
 import io
 import time
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import numpy as np
 from PIL import Image
-from rembg.bg import fix_image_orientation, naive_cutout
-from rembg.sessions.base import BaseSession
 
 from cutq_runtime import images, postprocess, preprocess
 from cutq_runtime.api import DEFAULT_PNG_LEVEL
 from cutq_runtime.session import Session
+
+if TYPE_CHECKING:
+    from rembg.sessions.base import BaseSession
 
 STAGES = ("decode", "preprocess", "inference", "postprocess", "encode")
 # U2netSession/U2netpSession.predict hard-code these; the replay must use the same.
@@ -61,6 +66,8 @@ def cutq_stages(data: bytes, session: Session) -> tuple[dict[str, float], bytes]
 
 def rembg_stages(data: bytes, session: BaseSession) -> tuple[dict[str, float], bytes]:
     """`rembg.remove(bytes, session=...)` stage by stage: returns ms per stage and the PNG bytes."""
+    from rembg.bg import fix_image_orientation, naive_cutout  # imported before the first lap: not timed
+
     laps = _Laps()
     img = fix_image_orientation(Image.open(io.BytesIO(data)))
     img.load()  # exif_transpose already loads via copy(); kept so a lazy image can never leak time

@@ -147,7 +147,7 @@ def select(cache: Path, named: list[str], *, everything: bool, pull: bool, rembg
     ordered = sorted(chosen.values(), key=lambda v: (v.reference or "~", not v.is_reference, v.name))
     if rembg:
         if importlib.util.find_spec("rembg") is None:
-            notes.append("rembg is not installed (pip install rembg), so there is no rembg row")
+            notes.append("rembg is not installed, its rows are left out (pip install rembg to compare)")
         else:
             ordered += [Variant(f"rembg {v.name}", v.model, v.name, "rembg", "rembg") for v in ordered if v.kind == "fp32"]
     return Selection(tuple(ordered), tuple(notes))

@@ -1,5 +1,5 @@
-"""`cutq quantize` as a composition of steps: opset -> graph -> center -> equalize -> calibrate -> qdq -> search
--> thin -> pad -> pack (optional 4-bit weights) -> verify -> export.
+"""`cutq quantize` as a composition of steps: opset -> graph -> center -> equalize -> calibrate -> qdq -> rounding
+-> search -> thin -> pad -> pack (optional 4-bit weights) -> verify (with the portability check) -> export.
 
 Each step is a plain function in its own module; this file only wires them, measures, and records what
 each did in the manifest, so a variant can be reproduced from it.
@@ -18,6 +18,7 @@ import numpy as np
 import onnx
 
 from cutq_runtime import models
+from cutq_runtime.cpu import describe_host, exact_on
 from cutq_runtime.errors import OutputError
 from cutq_runtime.fsutil import file_digest
 
@@ -31,6 +32,7 @@ from .opset import OpsetConfig, upgrade_opset
 from .pack import MIN_ONNXRUNTIME, PackConfig, PackReport, pack_int4
 from .pad import PadConfig, pad_conv_inputs
 from .qdq import QuantConfig, quantize_qdq
+from .rounding import RoundingConfig, max_abs_weight, round_weights
 from .search import FloatNode, SearchConfig, search
 from .thin import ThinConfig, split_thin_convs
 
@@ -60,6 +62,7 @@ class QuantizeJob:
     equalize: EqualizeConfig = field(default_factory=EqualizeConfig)
     calibration: CalibrationConfig = field(default_factory=CalibrationConfig)
     quant: QuantConfig = field(default_factory=QuantConfig)
+    rounding: RoundingConfig = field(default_factory=RoundingConfig)
     search: SearchConfig = field(default_factory=SearchConfig)
     thin: ThinConfig = field(default_factory=ThinConfig)
     pad: PadConfig = field(default_factory=PadConfig)
@@ -82,6 +85,8 @@ class QuantizeResult:
     equalized_channels: int = 0  # outlier channels whose range was moved into the next Convs' weights
     centered_channels: int = 0  # near-constant channels whose offset was moved into the next Convs' biases
     packed: PackReport | None = None  # Convs whose weights are stored at 4 bits
+    portability: verify.Portability | None = None  # kernels against exact arithmetic on this host
+    exact_on: str = "any"  # "any", or "vnni-or-arm" for full 8-bit weights
 
 
 Progress = Callable[[str], None]
@@ -139,6 +144,7 @@ def run(job: QuantizeJob, progress: Progress = lambda message: None) -> Quantize
     ranges = compute_ranges(equalized, calib.tensors, job.calibration)
     progress("quantizing")
     quantized = quantize_qdq(equalized, ranges, job.quant)
+    quantized, rounding = round_weights(quantized, equalized, calib.tensors, job.rounding, progress)
     found = search(equalized, quantized, calib.tensors, job.search,
                    on_step=lambda n, f: progress(f"search: {n} float node(s), calibration SSIM min {f.ssim_min:.4f}"))
     head = tuple(n for n in mixed.output_head(equalized) if n in set(mixed.float_nodes(found.model)))
@@ -148,9 +154,12 @@ def run(job: QuantizeJob, progress: Progress = lambda message: None) -> Quantize
     final, packed = pack_int4(final, job.pack, calib.tensors, progress)
     progress("verifying on held-out images")
     # The reference is the float model before equalization: what the user's FP32 model computes.
-    fidelity = verify.compare(verify.masks(verify.session_for(model), checked.tensors),
-                              verify.masks(verify.session_for(final), checked.tensors))
+    kernels = verify.masks(verify.session_for(final), checked.tensors)
+    fidelity = verify.compare(verify.masks(verify.session_for(model), checked.tensors), kernels)
     reached = fidelity.ssim_min >= job.search.target_ssim
+    progress("checking the integer kernels against the exact arithmetic")
+    portable = verify.portability(final, checked.tensors, kernels)
+    claim = cpu_claim(job.quant, max_abs_weight(final), portable)
     manifest = {
         "name": out.with_suffix("").name,
         "description": f"INT8 {resolved.name}{W4_NOTE * bool(packed.convs)}, SSIM min {fidelity.ssim_min:.3f} vs FP32",
@@ -168,6 +177,7 @@ def run(job: QuantizeJob, progress: Progress = lambda message: None) -> Quantize
             {"step": "calibrate", **asdict(job.calibration), "images": [p.name for p in calib.paths],
              "fingerprint": calib.fingerprint, "seed": job.seed},
             {"step": "quantize", "format": "QDQ", **asdict(job.quant), "float_head_convs": list(head)},
+            {"step": "rounding", **asdict(job.rounding), **asdict(rounding)},
             {"step": "mixed_precision", **asdict(job.search),
              "float_nodes": [asdict(n) for n in found.float_nodes], "float_mac_share": float_share},
             {"step": "thin_convs", **asdict(job.thin), "split": list(thin)},
@@ -178,10 +188,24 @@ def run(job: QuantizeJob, progress: Progress = lambda message: None) -> Quantize
         "verification": {"images": [p.name for p in checked.paths], "fingerprint": checked.fingerprint,
                          "ssim_min": fidelity.ssim_min, "ssim_mean": fidelity.ssim_mean, "mae_mean": fidelity.mae_mean,
                          "target_ssim": job.search.target_ssim, "reached": reached},
+        "cpu": claim,
     }
     progress("measuring latency and writing files")
     ratio = _latency_ratio(source, final, checked.tensors[0])
     written = export(final, out, manifest, source=resolved.path)
     return QuantizeResult(resolved.name, resolved.path, written, resolved.path.stat().st_size, fidelity,
                           found.float_nodes, ratio, reached, calib.skipped + checked.skipped, head, float_share,
-                          len(eq_report.channels), len(center_report.channels), packed)
+                          len(eq_report.channels), len(center_report.channels), packed, portable, claim["exact_on"])
+
+
+def cpu_claim(quant: QuantConfig, max_abs: int, check: verify.Portability) -> dict[str, Any]:
+    """The manifest's `cpu` section, read by cutq_runtime when a session loads: on which CPUs the integer kernels
+    compute exactly what the file says, the host that built it, and what the portability check found there."""
+    return {
+        "weight_range": quant.weight_range,
+        "max_abs_weight": max_abs,
+        "exact_on": exact_on(max_abs),
+        "build_host": describe_host(),
+        "check": {"kernels_vs_arithmetic_ssim_min": check.ssim_min, "kernels_vs_arithmetic_max_abs": check.max_abs,
+                  "portable": check.portable},
+    }

@@ -16,6 +16,7 @@ from cutq.quantize.calibrate import CalibrationConfig, compute_ranges
 from cutq.quantize.export import export
 from cutq.quantize.pad import PadConfig, pad_conv_inputs
 from cutq.quantize.qdq import QuantConfig, quantize_qdq
+from cutq.quantize.rounding import RoundingConfig, max_abs_weight, round_weights
 from cutq.quantize.thin import ThinConfig, split_thin_convs
 from cutq_runtime import OutputError, models, new_session
 from cutq_runtime.errors import CutqError
@@ -38,13 +39,62 @@ def _run(model: onnx.ModelProto, every_output: bool = False) -> list[np.ndarray]
     return [y for outputs in runs for y in (outputs if every_output else outputs[:1])]
 
 
+def _exact(model: onnx.ModelProto) -> list[np.ndarray]:
+    """The first output on each input, computed as the QDQ graph is written (no fused integer kernels)."""
+    session = verify.session_for(model, exact=True)
+    return [session.run(None, {"x": x})[0] for x in INPUTS]
+
+
+def _weights(model: onnx.ModelProto) -> list[np.ndarray]:
+    return [numpy_helper.to_array(t) for t in model.graph.initializer if t.data_type == TensorProto.INT8]
+
+
 def test_qdq_quantizes_every_conv_and_stays_close(quantized) -> None:
+    """The graph is right at either weight range (judged on its own arithmetic, which every CPU computes for the
+    7-bit default); the default's integer kernels compute that arithmetic here, at most twice the 8-bit error."""
     model, qdq = quantized
     ops = [n.op_type for n in qdq.graph.node]
     assert ops.count("QuantizeLinear") >= 2 and ops.count("DequantizeLinear") >= 4
     assert mixed.float_nodes(qdq) == []
+    full = quantize_qdq(model, compute_ranges(model, INPUTS), QuantConfig(float_head=False, weight_range="8bit"))
+    assert max(np.abs(w).max() for w in _weights(full)) == 127
+    assert max(np.abs(w).max() for w in _weights(qdq)) == 64  # no u8 x s8 pair can saturate a 16-bit sum
+    full_error = max(np.abs(a - b).max() for a, b in zip(_run(model), _exact(full), strict=True))
+    assert 0 < full_error < 0.1
     error = max(np.abs(a - b).max() for a, b in zip(_run(model), _run(qdq), strict=True))
-    assert 0 < error < 0.1
+    assert 0 < error < 2 * full_error
+    for kernels, exact in zip(_run(qdq), _exact(qdq), strict=True):
+        assert np.abs(kernels - exact).max() < 0.01  # requantization rounding only
+    with pytest.raises(CutqError, match="weight range"):
+        QuantConfig(weight_range="6bit")
+
+
+def test_rounding_for_the_grid_lowers_the_error_and_keeps_it_saturation_free(quantized) -> None:
+    """GPTQ rounding, the per-channel step search and bias correction, on the float model's own inputs."""
+    model, qdq = quantized
+    plain, report = round_weights(qdq, model, INPUTS, RoundingConfig(method="nearest", bias_correction=False, scales=(1.0,)))
+    assert report.gptq_convs == report.corrected_biases == 0
+    assert [w.tolist() for w in _weights(plain)] == [w.tolist() for w in _weights(qdq)]  # nothing to change
+    rounded, report = round_weights(qdq, model, INPUTS, RoundingConfig())
+    assert report.gptq_convs == report.corrected_biases == 2 and report.max_abs_weight <= 64
+    assert max_abs_weight(rounded) == report.max_abs_weight
+    reference = _run(model)
+    errors = [np.mean([np.abs(a - b).mean() for a, b in zip(reference, _run(m), strict=True)]) for m in (qdq, rounded)]
+    assert errors[1] < errors[0]
+    again, _ = round_weights(qdq, model, INPUTS, RoundingConfig())
+    assert again.SerializeToString() == rounded.SerializeToString()
+    with pytest.raises(CutqError, match="rounding method"):
+        RoundingConfig(method="stochastic")
+
+
+def test_portability_check_compares_kernels_with_the_arithmetic(quantized) -> None:
+    _, qdq = quantized
+    masks = verify.masks(verify.session_for(qdq), INPUTS)
+    check = verify.portability(qdq, INPUTS, masks)
+    assert check.portable and check.ssim_min > 0.99 and check.max_abs < 0.05
+    # masks that depart from the file's arithmetic (here: the float model's) are reported as not portable
+    other = verify.masks(verify.session_for(two_conv_model(seed=1)), INPUTS)
+    assert not verify.portability(qdq, INPUTS, other).portable
 
 
 def test_keep_float_makes_exactly_that_node_float(quantized) -> None:

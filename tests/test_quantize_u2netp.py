@@ -73,7 +73,7 @@ def test_variant_files_manifest_and_serving(result: QuantizeResult, tmp_path: Pa
     assert written.size_bytes < 0.4 * result.source_size
     manifest = json.loads(written.manifest_path.read_text())
     assert [s["step"] for s in manifest["steps"]] == ["opset", "graph", "center", "equalize", "calibrate", "quantize",
-                                                      "mixed_precision", "thin_convs", "pad_inputs", "pack_int4"]
+                                                      "rounding", "mixed_precision", "thin_convs", "pad_inputs", "pack_int4"]
     steps = {s["step"]: s for s in manifest["steps"]}
     assert steps["pack_int4"]["convs"] == [] and "requires" not in manifest  # 4-bit weights are opt-in
     assert "Conv_945" in steps["thin_convs"]["split"]  # the full-resolution side-output Conv, 64 -> 1 channel
@@ -82,6 +82,12 @@ def test_variant_files_manifest_and_serving(result: QuantizeResult, tmp_path: Pa
     assert steps["equalize"]["max_output_change"] < 1e-3 and steps["equalize"]["channels"]
     assert steps["equalize"]["tensor_headroom"] == 3.0
     assert manifest["verification"]["ssim_min"] == pytest.approx(result.fidelity.ssim_min)
+    # 7-bit weights: no CPU's integer kernels can saturate, and here they computed the file's own arithmetic
+    cpu = manifest["cpu"]
+    assert cpu["weight_range"] == "7bit" and cpu["max_abs_weight"] <= 64 and cpu["exact_on"] == "any"
+    assert cpu["check"]["portable"] and cpu["check"]["kernels_vs_arithmetic_ssim_min"] >= 0.99
+    assert cpu["build_host"]["machine"] and "flags" in cpu["build_host"]
+    assert steps["rounding"]["gptq_convs"] > 0 and steps["rounding"]["max_abs_weight"] == cpu["max_abs_weight"]
     assert b"QLinearConv" in written.ort_path.read_bytes()  # INT8 kernels fused in, not Q/DQ around float ops
     # served without NCHWc: it would reorder full-resolution maps to and from the float head's layout
     assert new_session(written.onnx_path).disabled_optimizers == ("NchwcTransformer",)

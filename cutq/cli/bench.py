@@ -31,7 +31,7 @@ def _amount(flag: str, text: str, minimum: int = 1) -> typer.models.OptionInfo:
 
 
 def bench(
-    all_: Annotated[bool, typer.Option("--all", help="Every model in the cache: FP32, INT8, pruned, plus rembg.")] = False,
+    all_: Annotated[bool, typer.Option("--all", help="Every model in the cache: FP32, INT8, pruned; rembg if present.")] = False,
     model: Annotated[list[str] | None, typer.Option("--model", "-m", help="Variant name or .onnx/.ort path; repeatable.")] = None,
     quick: Annotated[bool, typer.Option("--quick", help="A few photos and runs: a first look in a few minutes.")] = False,
     eval_dir: Annotated[Path | None, typer.Option("--eval-dir", help=EVAL_HELP)] = None,

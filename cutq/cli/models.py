@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from cutq_runtime import models
+from cutq_runtime import cpu, models
 
 from .ui import CACHE_HELP, DownloadBar, errors_exit, table_console
 
@@ -18,15 +18,19 @@ CacheOpt = Annotated[Path | None, typer.Option("--cache-dir", help=CACHE_HELP)]
 
 @app.command("list")
 def list_(cache_dir: CacheOpt = None) -> None:
-    """Released models (downloaded or not) and every variant in the cache."""
+    """Released models (downloaded or not) and every variant in the cache, with the CPUs each runs exactly on."""
     with errors_exit():
         rows = models.list_models(models.cache_dir(cache_dir))
-    table = Table("name", "kind", "size", "location", "description")
+    table = Table("name", "kind", "size", "CPUs", "location", "description")
     for info in rows:
         size = f"{info.size_bytes / 1e6:.1f} MB" if info.size_bytes else "-"
-        table.add_row(info.name, info.kind, size, str(info.path) if info.path else "[dim]not downloaded[/dim]",
+        cpus = cpu.LABELS[info.cpus] + ("" if info.exact_here else " [red](not here)[/red]")
+        table.add_row(info.name, info.kind, size, cpus, str(info.path) if info.path else "[dim]not downloaded[/dim]",
                       info.description)
-    table_console().print(table)
+    console = table_console()
+    console.print(table)
+    if not all(info.exact_here for info in rows):
+        console.print(f"[red](not here)[/red] {cpu.NOT_HERE}", highlight=False)
 
 
 @app.command()

@@ -4,7 +4,7 @@ Depends on numpy, onnxruntime and pillow only.
 """
 
 from .api import RemoveOptions, remove
-from .errors import ChecksumError, CutqError, ImageError, ModelError, OutputError
+from .errors import ChecksumError, CutqError, CutqWarning, ImageError, ModelError, OutputError
 from .registry import REGISTRY, InputSpec, ModelSpec
 from .session import Session, SessionConfig, new_session
 
@@ -14,6 +14,7 @@ __all__ = [
     "REGISTRY",
     "ChecksumError",
     "CutqError",
+    "CutqWarning",
     "ImageError",
     "InputSpec",
     "ModelError",

@@ -10,9 +10,9 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from . import batch, models
+from . import batch, cpu, models
 from .api import DEFAULT_MODEL, DEFAULT_PNG_LEVEL, RemoveOptions
-from .errors import CutqError
+from .errors import CutqError, shown_warnings
 from .progress import TextProgress
 from .session import SessionConfig, new_session
 
@@ -35,6 +35,8 @@ def _parser() -> argparse.ArgumentParser:
     rm.add_argument("--max-pixels", type=int, help="refuse larger images (default: 89478485)")
     rm.add_argument("--png-level", type=int, default=DEFAULT_PNG_LEVEL, choices=range(10), metavar="0-9",
                     help=f"PNG compression: higher is smaller and slower (default: {DEFAULT_PNG_LEVEL})")
+    rm.add_argument("--strict-cpu", action="store_true",
+                    help="refuse a model this CPU may compute wrong masks with, instead of warning (or CUTQ_STRICT_CPU=1)")
 
     mdl = sub.add_parser("models", help="list, fetch and import models")
     msub = mdl.add_subparsers(dest="action", required=True)
@@ -62,7 +64,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _remove(args: argparse.Namespace) -> int:
     jobs = batch.plan(batch.expand_inputs(args.inputs), args.out, args.out_dir)
     options = RemoveOptions(args.only_mask, batch.parse_bgcolor(args.bgcolor), args.max_pixels, args.png_level)
-    session = new_session(args.model, cache_dir=args.cache_dir, config=SessionConfig(threads=args.threads))
+    with shown_warnings(lambda text: print(f"warning: {text}", file=sys.stderr)):
+        session = new_session(args.model, cache_dir=args.cache_dir,
+                              config=SessionConfig(threads=args.threads, strict_cpu=args.strict_cpu))
     bar = TextProgress("Removing backgrounds")
     count = 0
 
@@ -83,9 +87,14 @@ def _remove(args: argparse.Namespace) -> int:
 def _models(args: argparse.Namespace) -> int:
     cache = models.cache_dir(args.cache_dir)
     if args.action == "list":
-        for info in models.list_models(cache):
+        rows = models.list_models(cache)
+        print(f"{'name':<20} {'kind':<8} {'size':>11}  {'CPUs':<20} location")
+        for info in rows:
             where = str(info.path) if info.path else "not downloaded"
-            print(f"{info.name:<20} {info.kind:<8} {(info.size_bytes or 0) / 1e6:8.1f} MB  {where}")
+            cpus = cpu.LABELS[info.cpus] + ("" if info.exact_here else " (not here)")
+            print(f"{info.name:<20} {info.kind:<8} {(info.size_bytes or 0) / 1e6:8.1f} MB  {cpus:<20} {where}")
+        if not all(info.exact_here for info in rows):
+            print(f"\n(not here) {cpu.NOT_HERE}")
     elif args.action == "pull":
         print(models.pull(args.name, cache))
     elif args.action == "path":

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
+import warnings
+from collections.abc import Callable, Iterator
+
 
 class CutqError(Exception):
     """Base class: anything cutq reports to a user as a clean one-line error."""
@@ -26,3 +30,23 @@ class ChecksumError(ModelError):
 
 class OutputError(CutqError, OSError):
     """An output that cannot be written (unwritable folder, would overwrite an input)."""
+
+
+class CutqWarning(UserWarning):
+    """Something that still runs but may give wrong results, e.g. a variant whose integer kernels are not
+    exact on this CPU. A class of its own so callers can filter it or turn it into an error."""
+
+
+@contextlib.contextmanager
+def shown_warnings(show: Callable[[str], None]) -> Iterator[None]:
+    """Print each `CutqWarning` raised inside as one clean line through `show`; other warnings as Python would.
+
+    Python's default filters still decide what is shown (`-W ignore::...` silences it), so a model load warns
+    once, without the source line Python's own format adds."""
+    with warnings.catch_warnings(record=True) as caught:
+        yield
+    for item in caught:
+        if issubclass(item.category, CutqWarning):
+            show(str(item.message))
+        else:
+            warnings.showwarning(item.message, item.category, item.filename, item.lineno, item.file, item.line)

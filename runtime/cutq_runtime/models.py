@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from . import cpu
 from .errors import ChecksumError, ModelError
 from .fsutil import atomic_writer, file_digest
 from .progress import ProgressFn, TextProgress
@@ -61,6 +62,8 @@ class ModelInfo:
     path: Path | None
     size_bytes: int | None
     description: str
+    cpus: str = "any"  # cpu.portability: "any", "vnni-or-arm" or "unknown"
+    exact_here: bool = True  # False when loading it here would warn (cpu.claim_problem)
 
 
 def manifest_path(model_path: Path) -> Path:
@@ -195,7 +198,8 @@ def list_models(cache: Path | None = None) -> list[ModelInfo]:
             if path.suffix in MODEL_SUFFIXES and path.stem not in seen and not path.name.startswith("."):
                 seen.add(path.stem)
                 manifest = read_manifest(path) or {}
-                rows.append(ModelInfo(path.stem, "variant", path, path.stat().st_size, str(manifest.get("description", ""))))
+                rows.append(ModelInfo(path.stem, "variant", path, path.stat().st_size, str(manifest.get("description", "")),
+                                      cpu.portability(manifest), cpu.claim_problem(manifest, path) is None))
     return rows
 
 

@@ -8,15 +8,17 @@ from __future__ import annotations
 
 import os
 import re
-from dataclasses import dataclass
+import sys
+import warnings
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
 from PIL import Image
 
-from . import postprocess, preprocess
-from .errors import ModelError
+from . import cpu, postprocess, preprocess
+from .errors import CutqWarning, ModelError
 from .models import ResolvedModel, resolve
 from .progress import ProgressFn
 from .registry import InputSpec
@@ -31,11 +33,15 @@ _OPT_LEVELS = {
 
 @dataclass(frozen=True)
 class SessionConfig:
-    """How ONNX Runtime runs the model. `threads=None` lets it use every physical core."""
+    """How ONNX Runtime runs the model. `threads=None` lets it use every physical core.
+
+    `strict_cpu` refuses (`ModelError`) a variant that may compute wrong masks on this CPU instead of
+    warning; `CUTQ_STRICT_CPU=1` turns it on for every session, so deployments can insist without code."""
 
     threads: int | None = None
     providers: tuple[str, ...] = ("CPUExecutionProvider",)
     optimization: str = "all"
+    strict_cpu: bool = False
 
     def session_options(self) -> ort.SessionOptions:
         if self.optimization not in _OPT_LEVELS:
@@ -56,6 +62,7 @@ class Session:
         self.model = model
         self.config = config or SessionConfig()
         check_requirements(model.manifest, model.path)
+        check_cpu(model.manifest, model.path, self.config.strict_cpu)
         self.disabled_optimizers = disabled_optimizers(model.manifest)
         self.inference = _load(model.path, self.config, self.disabled_optimizers)
         _check_io(self.inference, model.path)
@@ -85,13 +92,18 @@ class Session:
 
 def new_session(model: str | os.PathLike[str] = "u2net", *, threads: int | None = None,
                 providers: list[str] | tuple[str, ...] | None = None, cache_dir: str | os.PathLike[str] | None = None,
-                config: SessionConfig | None = None, progress: ProgressFn | None = None) -> Session:
-    """Load a model by variant name (`u2net`, `u2netp-int8`, ...) or path, pulling released models if missing."""
+                config: SessionConfig | None = None, progress: ProgressFn | None = None,
+                strict_cpu: bool = False) -> Session:
+    """Load a model by variant name (`u2net`, `u2netp-int8`, ...) or path, pulling released models if missing.
+
+    `strict_cpu=True` (or `CUTQ_STRICT_CPU=1`) refuses a variant this CPU may compute wrong masks with."""
     from .models import cache_dir as default_cache
 
     config = config or SessionConfig(
         threads=threads, providers=tuple(providers) if providers else SessionConfig.providers
     )
+    if strict_cpu and not config.strict_cpu:
+        config = replace(config, strict_cpu=True)
     resolved = resolve(model, default_cache(cache_dir), progress=progress)
     return Session(resolved, config)
 
@@ -122,6 +134,28 @@ def check_requirements(manifest: dict | None, path: Path) -> None:
     if needed and _version(ort.__version__) < _version(needed):
         raise ModelError(f"{path}: needs onnxruntime >= {needed}, this is {ort.__version__} "
                          f"(pip install -U 'onnxruntime>={needed}')")
+
+
+def check_cpu(manifest: dict | None, path: Path, strict: bool = False) -> None:
+    """Warn (`CutqWarning`), or refuse when strict, if the variant's integer kernels may saturate on this CPU.
+
+    INT8 variants with full 8-bit weights are exact only on ARM64 and x86 with VNNI (see `cpu`); users of
+    other CPUs would otherwise get subtly wrong masks with no sign of why."""
+    problem = cpu.claim_problem(manifest, path)
+    if problem is None:
+        return
+    if strict or os.environ.get("CUTQ_STRICT_CPU", "").strip().lower() in {"1", "true", "yes", "on"}:
+        raise ModelError(f"{problem} (refused: strict CPU check, --strict-cpu or CUTQ_STRICT_CPU=1)")
+    warnings.warn(problem, CutqWarning, stacklevel=_outside_level())
+
+
+def _outside_level() -> int:
+    """The `stacklevel` of the first caller outside this package, so the warning points at the user's line."""
+    here, level = Path(__file__).parent, 2
+    frame = sys._getframe(2)  # the caller of check_cpu
+    while frame.f_back is not None and Path(frame.f_code.co_filename).parent == here:
+        frame, level = frame.f_back, level + 1
+    return level
 
 
 def _version(text: str) -> tuple[int, ...]:
