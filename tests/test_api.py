@@ -120,3 +120,23 @@ def test_missing_or_foreign_model_is_a_clear_error(tmp_path: Path) -> None:
 def test_unsupported_input_type(u2netp) -> None:
     with pytest.raises(TypeError, match="bytes, a PIL image or a numpy array"):
         remove("photo.jpg", session=u2netp)  # type: ignore[call-overload]
+
+
+def test_low_memory_session_gives_the_same_bytes(u2netp_path: Path, u2netp, photo: bytes) -> None:
+    """Giving the arena back after each run changes where ONNX Runtime allocates, never what it computes."""
+    low = new_session(u2netp_path, config=SessionConfig(low_memory=True))
+    assert remove(photo, session=low) == remove(photo, session=u2netp)
+    assert remove(photo, session=low) == remove(photo, session=u2netp)  # and again, with the arena given back
+
+
+def test_cutout_in_bands_equals_one_composite() -> None:
+    """The band-by-band composite and PNG filter give exactly the whole-image operations' pixels."""
+    from cutq_runtime import png, postprocess
+
+    rng = np.random.default_rng(0)
+    img = Image.fromarray(rng.integers(0, 256, (1000, 1500, 3), dtype=np.uint8), "RGB")
+    mask = Image.fromarray(rng.integers(0, 256, (1000, 1500), dtype=np.uint8), "L")
+    whole = Image.composite(img, Image.new("RGBA", img.size, 0), mask)
+    banded = postprocess.cutout(img, mask)
+    assert np.array_equal(np.asarray(banded), np.asarray(whole))
+    assert np.array_equal(np.asarray(Image.open(io.BytesIO(png.encode(banded)))), np.asarray(whole))

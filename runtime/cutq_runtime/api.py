@@ -76,8 +76,8 @@ def remove(data, session=None, only_mask=False, bgcolor=None, *, source="<input>
     opts = options or RemoveOptions(only_mask=only_mask, bgcolor=tuple(bgcolor) if bgcolor else None)
     session = session or default_session()
     if isinstance(data, (bytes, bytearray, memoryview)):
-        img = images.decode(bytes(data), source, opts.max_pixels)
-        return images.encode_png(cut(img, session, opts), opts.png_compress_level)
+        result = cut(images.decode(bytes(data), source, opts.max_pixels), session, opts)
+        return images.encode_png(result, opts.png_compress_level)  # the decoded photo is freed before encoding
     if isinstance(data, Image.Image):
         return cut(images.prepare(data, source, opts.max_pixels), session, opts)
     if isinstance(data, np.ndarray):

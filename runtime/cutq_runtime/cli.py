@@ -37,6 +37,8 @@ def _parser() -> argparse.ArgumentParser:
                     help=f"PNG compression: higher is smaller and slower (default: {DEFAULT_PNG_LEVEL})")
     rm.add_argument("--strict-cpu", action="store_true",
                     help="refuse a model this CPU may compute wrong masks with, instead of warning (or CUTQ_STRICT_CPU=1)")
+    rm.add_argument("--low-memory", action="store_true",
+                    help="free the model's working memory after each image (small devices; a little slower)")
 
     mdl = sub.add_parser("models", help="list, fetch and import models")
     msub = mdl.add_subparsers(dest="action", required=True)
@@ -66,7 +68,8 @@ def _remove(args: argparse.Namespace) -> int:
     options = RemoveOptions(args.only_mask, batch.parse_bgcolor(args.bgcolor), args.max_pixels, args.png_level)
     with shown_warnings(lambda text: print(f"warning: {text}", file=sys.stderr)):
         session = new_session(args.model, cache_dir=args.cache_dir,
-                              config=SessionConfig(threads=args.threads, strict_cpu=args.strict_cpu))
+                              config=SessionConfig(threads=args.threads, strict_cpu=args.strict_cpu,
+                                                   low_memory=args.low_memory))
     bar = TextProgress("Removing backgrounds")
     count = 0
 

