@@ -11,10 +11,9 @@ weight on its own. Two corrections win most of that back, both computed on the c
 - Bias correction: what rounding still shifts on average, (W - W_q) times the mean input patch, is added to
   the Conv's bias (int32, at the scale input scale x weight scale, which ONNX Runtime's fusion expects).
 
-- Scale search: a channel's largest weight need not sit on the grid's edge. Each output channel's step is
-  chosen from `scales` (shares of the largest-weight step) to minimise its output error on the calibration
-  inputs, (w - w_q)^T H (w - w_q) with nearest rounding, H the Gram matrix (its diagonal where the full one is
-  not kept). Clipping a rare large weight buys a finer step for all the others.
+- Step search (optional, off by default, see `RoundingConfig.scales`): each output channel's step chosen from
+  shares of the largest-weight step to minimise its output error on the calibration inputs, (w - w_q)^T H
+  (w - w_q) with nearest rounding, H the Gram matrix (its diagonal where the full one is not kept).
 
 The statistics come from the float model's inputs at up to `positions` sampled output positions per photo
 and Conv (a seeded sample, so the same photos give the same bytes). Convs whose patch is wider than
@@ -50,7 +49,10 @@ class RoundingConfig:
     bias_correction: bool = True
     positions: int = 2048  # sampled output positions per photo and Conv for the input statistics
     max_patch: int = 2304  # widest im2col patch (C*kh*kw) that gets GPTQ; wider ones are rounded to nearest
-    scales: tuple[float, ...] = (1.0, 0.95, 0.9, 0.85, 0.8, 0.75)  # candidate steps, shares of max|w| / limit
+    # Candidate steps, as shares of max|w| / limit. Off by default: on u2netp (GPTQ and bias correction on) the
+    # search (1.0-0.75) took the worst of 16 calibration photos from SSIM 0.988 to 0.951 against FP32. Each
+    # channel's output error falls on average, but the clipped large weights are the ones rare photos need.
+    scales: tuple[float, ...] = (1.0,)
     seed: int = 0
     gptq: GptqConfig = field(default_factory=GptqConfig)
 
@@ -117,7 +119,7 @@ def _best_scale(w: np.ndarray, scale: np.ndarray, gram: np.ndarray | None, squar
     for share in shares:
         step = scale[:, None] * share
         d = w - np.clip(np.round(w / step), -limit, limit) * step
-        errors.append(np.einsum("od,de,oe->o", d, gram, d) if gram is not None else (d * d) @ squares)
+        errors.append(((d @ gram) * d).sum(axis=1) if gram is not None else (d * d) @ squares)
     best = np.argmin(np.stack(errors), axis=0)
     return scale * np.asarray(shares)[best]
 

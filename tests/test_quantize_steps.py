@@ -70,7 +70,7 @@ def test_qdq_quantizes_every_conv_and_stays_close(quantized) -> None:
 
 
 def test_rounding_for_the_grid_lowers_the_error_and_keeps_it_saturation_free(quantized) -> None:
-    """GPTQ rounding, the per-channel step search and bias correction, on the float model's own inputs."""
+    """GPTQ rounding and bias correction on the float model's own inputs; the per-channel step search too."""
     model, qdq = quantized
     plain, report = round_weights(qdq, model, INPUTS, RoundingConfig(method="nearest", bias_correction=False, scales=(1.0,)))
     assert report.gptq_convs == report.corrected_biases == 0
@@ -83,6 +83,9 @@ def test_rounding_for_the_grid_lowers_the_error_and_keeps_it_saturation_free(qua
     assert errors[1] < errors[0]
     again, _ = round_weights(qdq, model, INPUTS, RoundingConfig())
     assert again.SerializeToString() == rounded.SerializeToString()
+    searched, report = round_weights(qdq, model, INPUTS, RoundingConfig(scales=(1.0, 0.9, 0.8)))
+    assert report.max_abs_weight <= 64
+    assert np.mean([np.abs(a - b).mean() for a, b in zip(reference, _run(searched), strict=True)]) < errors[0]
     with pytest.raises(CutqError, match="rounding method"):
         RoundingConfig(method="stochastic")
 
