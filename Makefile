@@ -45,3 +45,11 @@ bench-e2e: setup  ## cutq vs rembg end to end, with the stage breakdown
 
 clean:
 	rm -rf $(VENV) demo bench-results .pytest_cache .benchmarks
+
+# Cross-CPU check: the runtime's masks under qemu (x86 AVX2 without VNNI, x86 SSE4.2, Cortex-A72, Cortex-A76)
+# against this host, plus INT8 saturation controls. Downloads are cached in .cache/portability/. docs/portability.md
+MODELS ?=
+CPUS ?=
+.PHONY: portability
+portability: setup  ## masks on emulated CPUs vs this host (MODELS="u2netp u2netp-int8", CPUS="arm64-a72 ..."); exit 3: no registry
+	$(BIN)/python tools/portability/check.py $(if $(MODELS),--models "$(MODELS)") $(if $(CPUS),--cpus $(CPUS))
