@@ -43,7 +43,7 @@ class SessionConfig:
     optimization: str = "all"
     strict_cpu: bool = False
     # Give ONNX Runtime's memory arena back after every run: the cut-out of a large photo then does not stack on
-    # the model's working memory (u2netp-int8, 12 MP photo: peak RSS 243 MB instead of 317), at the cost of
+    # the model's working memory (u2netp-int8, 12 MP photo: peak RSS 242 MB instead of 317), at the cost of
     # allocating that memory again on the next run. For small devices; servers keep the arena.
     low_memory: bool = False
 
