@@ -24,6 +24,20 @@ def copy_model(model: onnx.ModelProto) -> onnx.ModelProto:
     return copied
 
 
+def int8_conv_weights(graph: onnx.GraphProto) -> list[tuple[onnx.NodeProto, onnx.NodeProto, onnx.TensorProto]]:
+    """(Conv, its weight's DequantizeLinear, the INT8 initializer) for every Conv of a QDQ graph whose weights are
+    stored as INT8: the Convs ONNX Runtime fuses into integer kernels."""
+    inits = {t.name: t for t in graph.initializer}
+    producer = {o: n for n in graph.node for o in n.output}
+    found = []
+    for node in graph.node:
+        dq = producer.get(node.input[1]) if node.op_type == "Conv" else None
+        weight = inits.get(dq.input[0]) if dq is not None and dq.op_type == "DequantizeLinear" else None
+        if weight is not None and weight.data_type == onnx.TensorProto.INT8:
+            found.append((node, dq, weight))
+    return found
+
+
 def readers(graph: onnx.GraphProto) -> dict[str, list[onnx.NodeProto]]:
     """Tensor name -> the nodes that read it, in graph order."""
     found: dict[str, list[onnx.NodeProto]] = {}

@@ -28,7 +28,7 @@ from onnx import TensorProto, helper, numpy_helper
 from cutq_runtime.errors import CutqError
 
 from .gptq import GptqConfig, input_grams, round_to_grid
-from .graph import copy_model
+from .graph import copy_model, int8_conv_weights
 from .mixed import drop_unused_initializers
 
 INT4_OPSET = 21
@@ -76,11 +76,7 @@ def pack_int4(model: onnx.ModelProto, config: PackConfig | None = None, tensors:
     producer = {o: n for n in graph.node for o in n.output}
     chosen: list[tuple[onnx.NodeProto, onnx.NodeProto, np.ndarray]] = []  # (Conv, weight DQ, float weights)
     total = 0
-    for node in graph.node:
-        dq = producer.get(node.input[1]) if node.op_type == "Conv" else None
-        weight = inits.get(dq.input[0]) if dq is not None and dq.op_type == "DequantizeLinear" else None
-        if weight is None or weight.data_type != TensorProto.INT8:
-            continue
+    for node, dq, weight in int8_conv_weights(graph):
         size = int(np.prod(weight.dims))
         total += size
         if size >= config.min_weights and _per_channel_symmetric(dq, inits, weight):

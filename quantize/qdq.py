@@ -39,7 +39,7 @@ from cutq_runtime.errors import CutqError
 from .mixed import output_head
 
 TYPES = {"s8": QuantType.QInt8, "u8": QuantType.QUInt8}
-WEIGHT_RANGES = {"7bit": 64, "8bit": 127}
+WEIGHT_RANGES = ("7bit", "8bit")  # ONNX Runtime's reduced INT8 range is [-64, 64]
 
 
 @dataclass(frozen=True)
@@ -61,11 +61,6 @@ class QuantConfig:
                 raise CutqError(f"{label} '{value}' is not one of {', '.join(TYPES)}")
         if self.weight_range not in WEIGHT_RANGES:
             raise CutqError(f"weight range '{self.weight_range}' is not one of {', '.join(WEIGHT_RANGES)}")
-
-    @property
-    def max_abs_weight(self) -> int:
-        """The largest integer weight magnitude this config writes (ONNX Runtime's reduced range is [-64, 64])."""
-        return WEIGHT_RANGES[self.weight_range]
 
 
 def quantize_qdq(model: onnx.ModelProto, ranges: TensorsData, config: QuantConfig | None = None) -> onnx.ModelProto:

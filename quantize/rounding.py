@@ -36,7 +36,7 @@ from cutq.prune.reconstruct import sample_positions
 from cutq_runtime.errors import CutqError
 
 from .gptq import GptqConfig, round_to_grid
-from .graph import copy_model
+from .graph import copy_model, int8_conv_weights
 
 METHODS = ("gptq", "nearest")
 
@@ -141,17 +141,15 @@ def _store(conv: _Conv, q: np.ndarray, scale: np.ndarray, shift: np.ndarray) -> 
 
 
 def _int8_convs(model: onnx.ModelProto, reference: onnx.ModelProto) -> list[_Conv]:
-    """Every Conv whose weights are an INT8 initializer with per-output-channel symmetric scales, and whose float
-    original (`W` for `W_quantized`) is in `reference`."""
+    """Every INT8 Conv with per-output-channel symmetric scales whose float original (`W` for `W_quantized`) is
+    in `reference`."""
     graph = model.graph
     inits = {t.name: t for t in graph.initializer}
     originals = {t.name: t for t in reference.graph.initializer}
     producer = {o: n for n in graph.node for o in n.output}
     found = []
-    for node in graph.node:
-        dq = producer.get(node.input[1]) if node.op_type == "Conv" else None
-        weight = inits.get(dq.input[0]) if dq is not None and dq.op_type == "DequantizeLinear" else None
-        if weight is None or weight.data_type != TensorProto.INT8 or dq.input[1] not in inits:
+    for node, dq, weight in int8_conv_weights(graph):
+        if dq.input[1] not in inits:
             continue
         scale = numpy_helper.to_array(inits[dq.input[1]]).astype(np.float64)
         zero = numpy_helper.to_array(inits[dq.input[2]]) if len(dq.input) > 2 and dq.input[2] in inits else np.zeros(1)
@@ -208,12 +206,5 @@ def _statistics(reference: onnx.ModelProto, convs: Sequence[_Conv], tensors: Seq
 
 def max_abs_weight(model: onnx.ModelProto) -> int:
     """The largest |integer weight| over every Conv weight stored as INT8 (the quantity saturation depends on)."""
-    inits = {t.name: t for t in model.graph.initializer}
-    producer = {o: n for n in model.graph.node for o in n.output}
-    largest = 0
-    for node in model.graph.node:
-        dq = producer.get(node.input[1]) if node.op_type == "Conv" else None
-        weight = inits.get(dq.input[0]) if dq is not None and dq.op_type == "DequantizeLinear" else None
-        if weight is not None and weight.data_type == TensorProto.INT8:
-            largest = max(largest, int(np.abs(numpy_helper.to_array(weight).astype(np.int32)).max()))
-    return largest
+    return max((int(np.abs(numpy_helper.to_array(w).astype(np.int32)).max()) for _, _, w in int8_conv_weights(model.graph)),
+               default=0)
