@@ -1,5 +1,5 @@
-"""`cutq quantize` as a composition of steps: opset -> graph -> center -> equalize -> calibrate -> qdq -> rounding
--> search -> thin -> pad -> pack (optional 4-bit weights) -> verify (with the portability check) -> export.
+"""`cutq quantize` as a composition of steps: opset -> graph -> center -> equalize -> calibrate -> qdq -> ties
+-> rounding -> search -> thin -> pad -> pack (optional 4-bit weights) -> verify (with the portability check) -> export.
 
 Each step is a plain function in its own module; this file only wires them, measures, and records what
 each did in the manifest, so a variant can be reproduced from it.
@@ -35,6 +35,7 @@ from .qdq import QuantConfig, quantize_qdq
 from .rounding import RoundingConfig, max_abs_weight, round_weights
 from .search import FloatNode, SearchConfig, search
 from .thin import ThinConfig, split_thin_convs
+from .ties import NUDGE, TiesConfig, break_resize_ties
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_CALIB_DIR = ROOT / "calibration_data"
@@ -64,6 +65,7 @@ class QuantizeJob:
     equalize: EqualizeConfig = field(default_factory=EqualizeConfig)
     calibration: CalibrationConfig = field(default_factory=CalibrationConfig)
     quant: QuantConfig = field(default_factory=QuantConfig)
+    ties: TiesConfig = field(default_factory=TiesConfig)
     rounding: RoundingConfig = field(default_factory=RoundingConfig)
     search: SearchConfig = field(default_factory=SearchConfig)
     thin: ThinConfig = field(default_factory=ThinConfig)
@@ -146,6 +148,7 @@ def run(job: QuantizeJob, progress: Progress = lambda message: None) -> Quantize
     ranges = compute_ranges(equalized, calib.tensors, job.calibration)
     progress("quantizing")
     quantized = quantize_qdq(equalized, ranges, job.quant)
+    quantized, ties = break_resize_ties(quantized, job.ties)
     quantized, rounding = round_weights(quantized, equalized, calib.tensors, job.rounding, progress)
     found = search(equalized, quantized, calib.tensors, job.search,
                    on_step=lambda n, f: progress(f"search: {n} float node(s), calibration SSIM min {f.ssim_min:.4f}"))
@@ -179,6 +182,8 @@ def run(job: QuantizeJob, progress: Progress = lambda message: None) -> Quantize
             {"step": "calibrate", **asdict(job.calibration), "images": [p.name for p in calib.paths],
              "fingerprint": calib.fingerprint, "seed": job.seed},
             {"step": "quantize", "format": "QDQ", **asdict(job.quant), "float_head_convs": list(head)},
+            {"step": "resize_ties", **asdict(job.ties), "nudge": NUDGE, "resizes": list(ties.resizes),
+             "skipped": list(ties.skipped)},
             {"step": "rounding", **asdict(job.rounding), **asdict(rounding)},
             {"step": "mixed_precision", **asdict(job.search),
              "float_nodes": [asdict(n) for n in found.float_nodes], "float_mac_share": float_share},

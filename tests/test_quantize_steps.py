@@ -362,3 +362,50 @@ def test_gptq_packing_uses_the_calibration_inputs(quantized) -> None:
     assert pack.pack_int4(qdq, pack.PackConfig(min_weights=1), INPUTS)[0].SerializeToString() == rounded.SerializeToString()
     with pytest.raises(CutqError, match="int4-rounding"):
         pack.PackConfig(rounding="stochastic")
+
+
+def _resize_qdq(zero_point: int) -> onnx.ModelProto:
+    """x -> Quantize -> Dequantize -> Resize (2x, linear, pytorch_half_pixel) -> Quantize -> y, one u8 scale."""
+    init = [numpy_helper.from_array(np.array(0.0731, np.float32), "s"),
+            numpy_helper.from_array(np.array(zero_point, np.uint8), "z"),
+            numpy_helper.from_array(np.array([], np.float32), "roi"),
+            numpy_helper.from_array(np.array([1.0, 1.0, 2.0, 2.0], np.float32), "scales")]
+    nodes = [helper.make_node("QuantizeLinear", ["x", "s", "z"], ["x_q"]),
+             helper.make_node("DequantizeLinear", ["x_q", "s", "z"], ["x_dq"]),
+             helper.make_node("Resize", ["x_dq", "roi", "scales"], ["r"], name="up", mode="linear",
+                              coordinate_transformation_mode="pytorch_half_pixel"),
+             helper.make_node("QuantizeLinear", ["r", "s", "z"], ["y"])]
+    graph = helper.make_graph(nodes, "resize", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4, 24, 24])],
+                              [helper.make_tensor_value_info("y", TensorProto.UINT8, [1, 4, 48, 48])], init)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    return model
+
+
+def _upsample_sixteenths(codes: np.ndarray) -> np.ndarray:
+    """16x the 2x half-pixel bilinear upsampling of integer codes, in integers: taps 1/4, 3/4, edges clamped."""
+    for axis in (2, 3):
+        padded = np.concatenate([codes.take([0], axis), codes, codes.take([-1], axis)], axis)
+        n = codes.shape[axis]
+        prev, here, nxt = (padded.take(range(i, i + n), axis) for i in (0, 1, 2))
+        codes = np.stack([prev + 3 * here, 3 * here + nxt], axis + 1).reshape(
+            *codes.shape[:axis], 2 * n, *codes.shape[axis + 1:])
+    return codes
+
+
+def test_quantized_resize_rounds_its_ties_the_same_on_every_cpu() -> None:
+    """After the ties step the integer codes out of the quantized 2x upsampling are exactly the interpolation of
+    the codes in, ties rounded up: integer arithmetic, the same on any CPU. Without it a sixteenth of the outputs
+    are ties, which the float arithmetic rounds as its last bit falls (here: to even, so some go down)."""
+    from cutq.quantize.ties import break_resize_ties
+
+    codes = np.random.default_rng(0).integers(0, 256, (1, 4, 24, 24))
+    feed = {"x": (codes * np.float32(0.0731)).astype(np.float32)}
+    expected = (_upsample_sixteenths(codes) + 8) // 16
+    plain = _resize_qdq(0)
+    fixed, report = break_resize_ties(plain)
+    assert report.resizes == ("up",) and report.skipped == ()
+    for exact in (False, True):
+        assert np.array_equal(verify.session_for(fixed, exact=exact).run(None, feed)[0], expected)
+    assert (verify.session_for(plain).run(None, feed)[0] != expected).any()
+    assert break_resize_ties(_resize_qdq(7))[1].skipped == ("up",)  # signed inputs: the bound does not hold

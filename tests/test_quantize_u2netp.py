@@ -73,7 +73,8 @@ def test_variant_files_manifest_and_serving(result: QuantizeResult, tmp_path: Pa
     assert written.size_bytes < 0.4 * result.source_size
     manifest = json.loads(written.manifest_path.read_text())
     assert [s["step"] for s in manifest["steps"]] == ["opset", "graph", "center", "equalize", "calibrate", "quantize",
-                                                      "rounding", "mixed_precision", "thin_convs", "pad_inputs", "pack_int4"]
+                                                      "resize_ties", "rounding", "mixed_precision", "thin_convs",
+                                                      "pad_inputs", "pack_int4"]
     steps = {s["step"]: s for s in manifest["steps"]}
     assert steps["pack_int4"]["convs"] == [] and "requires" not in manifest  # 4-bit weights are opt-in
     assert "Conv_945" in steps["thin_convs"]["split"]  # the full-resolution side-output Conv, 64 -> 1 channel
@@ -87,6 +88,8 @@ def test_variant_files_manifest_and_serving(result: QuantizeResult, tmp_path: Pa
     assert cpu["weight_range"] == "7bit" and cpu["max_abs_weight"] <= 64 and cpu["exact_on"] == "any"
     assert cpu["check"]["portable"] and cpu["check"]["kernels_vs_arithmetic_ssim_min"] >= 0.99
     assert cpu["build_host"]["machine"] and "flags" in cpu["build_host"]
+    # every upsampling between 8-bit maps rounds its ties the same on every CPU (u2netp: 33 of its 38 Resizes)
+    assert len(steps["resize_ties"]["resizes"]) == 33 and steps["resize_ties"]["skipped"] == []
     assert steps["rounding"]["gptq_convs"] > 0 and steps["rounding"]["max_abs_weight"] == cpu["max_abs_weight"]
     assert b"QLinearConv" in written.ort_path.read_bytes()  # INT8 kernels fused in, not Q/DQ around float ops
     # served without NCHWc: it would reorder full-resolution maps to and from the float head's layout

@@ -132,7 +132,7 @@ def control_rows(cpus: list[str], results: Path, failures: dict) -> tuple[list[t
     for cpu in cpus:
         folder = results / cpu / "controls"
         if folder in failures:
-            rows.append((cpu, "-", "-", "-", "-", "ERROR", "-"))
+            rows.append((cpu, "-", "-", "-", "-", "ERROR", "-", "-"))
             problems.append(f"{cpu}: the control run failed: {failures[folder]}")
             continue
         info = json.loads((folder / "info.json").read_text())
@@ -142,8 +142,9 @@ def control_rows(cpus: list[str], results: Path, failures: dict) -> tuple[list[t
             diffs[name] = (int(np.abs(kernels - exact).max()), float((kernels != exact).mean()))
         seen = [f for f in ("AVX2", "AVX512F", "AVX512VNNI", "ASIMDDP") if f in info["cpu_features"]]
         ops = sorted({op for name in control.WEIGHT_RANGES for op in info["control_ops"][f"control-{name}"]})
-        resize = (np.load(folder / "control-resize.all.npy").astype(int) -
-                  np.load(results / "native" / "controls" / "control-resize.all.npy").astype(int))
+        resize = {name: np.load(folder / f"control-{name}.all.npy").astype(int) -
+                  np.load(results / "native" / "controls" / f"control-{name}.all.npy").astype(int)
+                  for name in ("resize", "resize-ties")}
         fused = "QLinearConv" if "QLinearConv" in ops else "not fused: " + ", ".join(ops)
         verdict = "saturates" if diffs["full"][0] else "exact"
         if diffs["7bit"][0] or "QLinearConv" not in ops:
@@ -153,9 +154,11 @@ def control_rows(cpus: list[str], results: Path, failures: dict) -> tuple[list[t
             verdict = "FAIL: does not saturate"
             problems.append("x86-avx2: the full-range control does not saturate, so the emulated AVX2 CPU does not run "
                             "the saturating u8 x s8 kernel; the x86-avx2 rows prove nothing about real AVX2 machines")
+        if resize["resize-ties"].any():
+            problems.append(f"{cpu}: the quantized Resize rounds differently from this host even after the ties step")
         full = f"{diffs['full'][0]} ({diffs['full'][1]:.0%} of outputs)"
-        resized = f"{np.abs(resize).max()} ({np.mean(resize != 0):.2%} of outputs)"
-        rows.append((cpu, ", ".join(seen) or "baseline only", fused, full, diffs["7bit"][0], verdict, resized))
+        resized = [f"{np.abs(d).max()} ({np.mean(d != 0):.2%} of outputs)" for d in resize.values()]
+        rows.append((cpu, ", ".join(seen) or "baseline only", fused, full, diffs["7bit"][0], verdict, *resized))
     return rows, problems
 
 
@@ -183,9 +186,10 @@ def report(rows, controls, problems, photos, qemu_version, minutes, footprint) -
            table(("variant", "CPU", "raw max diff", "mask max diff", "mask mean diff", "pixels > 2", "limit",
                   "s/inference", "result"), rows),
            "Controls (u8 levels). Saturation: each Conv control's kernels (ORT_ENABLE_ALL) against its exact arithmetic "
-           "(ORT_DISABLE_ALL) on the same CPU. Resize: the quantized bilinear upsampling against this host's output:\n",
+           "(ORT_DISABLE_ALL) on the same CPU. Resize: the quantized bilinear upsampling against this host's output, as "
+           "quantized and after the ties step:\n",
            table(("CPU", "numpy sees", "Conv runs as", "full-range s8: max diff", "7-bit s8: max diff", "saturation",
-                  "u8 bilinear Resize vs host"), controls)]
+                  "u8 bilinear Resize vs host", "after the ties step"), controls)]
     out += [f"**{problem}**\n" for problem in problems]
     if footprint:
         out += ["aarch64 install footprint (`du -sh` after `pip install --platform manylinux_2_28_aarch64 --target`):\n",

@@ -1,4 +1,4 @@
-"""Controls: two one-Conv QDQ models that tell whether a CPU's INT8 kernels saturate, and a quantized Resize.
+"""Controls: two one-Conv QDQ models that tell whether a CPU's INT8 kernels saturate, and two quantized Resizes.
 
 x86 CPUs without VNNI multiply u8 activations by s8 weights with VPMADDUBSW, which adds each pair of products
 into a signed 16-bit value with saturation: 255 x 127 + 255 x 127 = 64770 clips to 32767. Both controls feed u8
@@ -10,8 +10,10 @@ DequantizeLinear -> float Conv -> QuantizeLinear) is exact integer arithmetic, a
 matches it bit for bit.
 
 A third model, `resize`, is U²-Net's quantized 2x bilinear upsampling (DequantizeLinear -> Resize linear,
-pytorch_half_pixel -> QuantizeLinear) on random u8 values; its output is compared with the host's, not with
-exact arithmetic, since it has no integer-exact form. Built natively with `onnx`; the emulated runs only load
+pytorch_half_pixel -> QuantizeLinear, zero point 0 as after a ReLU) on random u8 values, as the quantizer writes
+it; `resize-ties` is the same after `cutq quantize`'s ties step (quantize/ties.py), which moves its rounding ties
+off .5. Both outputs are compared with the host's: the first shows whether a CPU rounds the ties differently,
+the second must match everywhere. Built natively with `onnx`; the emulated runs only load
 the files (each `control-<name>.onnx` with its input `control-<name>.npy`).
 """
 
@@ -22,6 +24,8 @@ from pathlib import Path
 import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
+
+from cutq.quantize.ties import break_resize_ties
 
 CHANNELS, OUTPUTS, SIDE = 256, 32, 8
 X_SCALE, W_SCALE = 2.0**-4, 2.0**-7
@@ -67,7 +71,7 @@ def control_model(codes: np.ndarray, low: int, high: int, rng: np.random.Generat
 
 
 def resize_model() -> onnx.ModelProto:
-    init = [numpy_helper.from_array(np.array(0.0731, np.float32), "s"), numpy_helper.from_array(np.array(7, np.uint8), "z"),
+    init = [numpy_helper.from_array(np.array(0.0731, np.float32), "s"), numpy_helper.from_array(np.array(0, np.uint8), "z"),
             numpy_helper.from_array(np.array([], np.float32), "roi"), numpy_helper.from_array(np.array([], np.float32), "scales"),
             numpy_helper.from_array(np.array([1, 16, 80, 80], np.int64), "sizes")]
     nodes = [helper.make_node("QuantizeLinear", ["x", "s", "z"], ["x_q"]),
@@ -79,7 +83,8 @@ def resize_model() -> onnx.ModelProto:
 
 
 def build(folder: Path) -> list[Path]:
-    """Write control-full, control-7bit and control-resize (.onnx, with the input as .npy); return the model paths."""
+    """Write control-full, control-7bit, control-resize and control-resize-ties (.onnx, with the input as .npy);
+    return the model paths."""
     folder.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(0)
     codes, feed = control_input(rng)
@@ -88,7 +93,9 @@ def build(folder: Path) -> list[Path]:
         paths.append(folder / f"control-{name}.onnx")
         onnx.save(control_model(codes, low, high, rng), paths[-1])
         np.save(paths[-1].with_suffix(".npy"), feed)
-    paths.append(folder / "control-resize.onnx")
-    onnx.save(resize_model(), paths[-1])
-    np.save(paths[-1].with_suffix(".npy"), ((rng.integers(0, 256, (1, 16, 40, 40)) - 7) * np.float32(0.0731)).astype(np.float32))
+    feed = (rng.integers(0, 256, (1, 16, 40, 40)) * np.float32(0.0731)).astype(np.float32)
+    for name, model in (("resize", resize_model()), ("resize-ties", break_resize_ties(resize_model())[0])):
+        paths.append(folder / f"control-{name}.onnx")
+        onnx.save(model, paths[-1])
+        np.save(paths[-1].with_suffix(".npy"), feed)
     return paths
