@@ -18,7 +18,7 @@ setup: $(STAMP)  ## create .venv with cutq, cutq-runtime (editable) and the dev 
 $(STAMP): pyproject.toml runtime/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e ./runtime -e ".[$(EXTRAS)]"
+	$(BIN)/python -m pip install --quiet -e "./runtime[serve]" -e ".[$(EXTRAS)]"
 	touch $(STAMP)
 
 # Each model's own fidelity target (mask SSIM min vs FP32 on held-out photos): u2netp, the small model, 0.97.

@@ -18,6 +18,7 @@ from typing import Any
 import onnx
 import onnxruntime as ort
 
+from cutq.modelstats import conv_macs
 from cutq_runtime.errors import OutputError
 from cutq_runtime.fsutil import atomic_write_bytes, file_digest
 from cutq_runtime.models import write_manifest
@@ -45,7 +46,8 @@ def export(model: onnx.ModelProto, out: Path, manifest: dict[str, Any], source: 
         if ort_path is not None:
             files[".ort"] = file_digest(ort_path, "sha256")
         size = out.stat().st_size
-        manifest = {**manifest, "file": out.name, "sha256": files[".onnx"], "files": files, "size_bytes": size}
+        gmac = round(conv_macs(model) / 1e9, 2)  # what the server's model list shows beside size and fidelity
+        manifest = {**manifest, "file": out.name, "sha256": files[".onnx"], "files": files, "size_bytes": size, "gmac": gmac}
         return ExportResult(out, ort_path, write_manifest(out, manifest), size)
     except OSError as exc:
         raise OutputError(f"{out}: cannot write ({exc.strerror or exc})") from exc

@@ -40,6 +40,8 @@ def _parser() -> argparse.ArgumentParser:
     rm.add_argument("--low-memory", action="store_true",
                     help="free the model's working memory after each image (small devices; a little slower)")
 
+    sub.add_parser("serve", help="serve variants over HTTP (needs the serve extra); see serve --help", add_help=False)
+
     mdl = sub.add_parser("models", help="list, fetch and import models")
     msub = mdl.add_subparsers(dest="action", required=True)
     msub.add_parser("list", help="known models and cached variants", parents=[common])
@@ -53,6 +55,11 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["serve"]:  # its own parser, in the optional serve package
+        from .serve import main as serve
+
+        return serve(argv[1:], prog="python -m cutq_runtime serve")
     args = _parser().parse_args(argv)
     try:
         if args.command == "remove":

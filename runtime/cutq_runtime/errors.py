@@ -12,11 +12,15 @@ class CutqError(Exception):
 
 
 class ImageError(CutqError, ValueError):
-    """An input image that cannot be used (corrupt, truncated, empty, too large, unsupported)."""
+    """An input image that cannot be used (corrupt, truncated, empty, too large, unsupported).
 
-    def __init__(self, source: str, reason: str) -> None:
+    `kind` says which, so a server can answer with the right status: "empty", "corrupt", "not_image",
+    "unsupported" or "too_large"."""
+
+    def __init__(self, source: str, reason: str, kind: str = "corrupt") -> None:
         self.source = source
         self.reason = reason
+        self.kind = kind
         super().__init__(f"{source}: {reason}")
 
 

