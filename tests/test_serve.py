@@ -192,3 +192,12 @@ def test_sigterm_lets_in_flight_requests_finish(u2netp_path) -> None:
         assert server.process.wait(60) == 0
     assert [r.status_code for r in results] == [200] * 8
     assert all(r.content == results[0].content for r in results)
+
+
+def test_url_fetching_is_opt_in_and_refuses_internal_addresses(u2netp_path) -> None:
+    with TestClient(create_app(ServeConfig(models=("u2netp",), allow_url=True))) as opened:
+        _ready(opened)
+        for url in ("http://127.0.0.1:9/cat.png", "http://169.254.169.254/latest/meta-data", "file:///etc/passwd"):
+            response = opened.get("/api/remove", params={"url": url})
+            assert response.status_code == 400, (url, response.text)
+            assert response.json()["error"]

@@ -35,7 +35,7 @@ from .registry import Variants
 
 STATIC = Path(__file__).parent / "static"
 IMAGE_STATUS = {"empty": 400, "corrupt": 400, "not_image": 415, "unsupported": 415, "too_large": 413}
-URL_STATUS = {urlfetch.UrlTooLarge: 413, urlfetch.UrlTimeout: 408, urlfetch.UrlRefused: 400}
+URL_STATUS = {urlfetch.UrlTooLarge: 413, urlfetch.UrlTimeout: 504, urlfetch.UrlRefused: 400}
 log = logging.getLogger("cutq.serve")
 
 

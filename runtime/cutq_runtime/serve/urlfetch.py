@@ -1,12 +1,11 @@
 """Fetch an image by URL for the rembg-compatible `GET /api/remove?url=...` without becoming an SSRF proxy.
 
-rembg's own URL endpoint drew three advisories: it followed redirects to internal hosts (a public URL can answer
-302 to, say, the cloud metadata service at 169.254.169.254), its check of a hostname was undone by DNS rebinding
-(the name resolves to a public address when checked and to an internal one when the HTTP library resolves it
-again to connect), and it answered credentialed CORS, so any web page could drive it. The third is the server's
-to avoid; this module closes the first two: every hop, redirects included, is resolved once here, refused if any
-of its addresses is non-public, and connected to an address that passed. No cookies, proxies or credentials are
-ever sent, and one deadline covers the whole fetch.
+rembg's own URL endpoint drew three advisories: it followed redirects to internal hosts (a public URL answers 302
+to, say, the metadata service at 169.254.169.254), DNS rebinding undid its hostname check (public when checked,
+internal when the HTTP library resolved the name again to connect), and it answered credentialed CORS, so any web
+page could drive it. The third is the server's to avoid; this module closes the first two: every hop, redirects
+included, is resolved once here, refused if any of its addresses is non-public, and connected to an address that
+passed. No cookies, proxies or credentials are ever sent, and one deadline covers the whole fetch.
 """
 
 from __future__ import annotations
@@ -21,13 +20,14 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import urljoin, urlsplit
+from urllib.parse import quote, urljoin, urlsplit
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 REDIRECTS = frozenset({301, 302, 303, 307, 308})
 CHUNK = 64 * 1024
-# Not flagged by ipaddress on every Python version: shared address space (CGNAT) and "this network".
+# Shared address space (CGNAT) and "this network": `not is_global` covers both today; named so the policy does not
+# rest on one stdlib table alone.
 EXTRA_BLOCKED = (ipaddress.ip_network("100.64.0.0/10"), ipaddress.ip_network("0.0.0.0/8"))
 NAT64 = ipaddress.ip_network("64:ff9b::/96")
 
@@ -68,30 +68,37 @@ def is_blocked(ip: IPAddress) -> bool:
 
 class _Deadline:
     """One deadline for the whole fetch. A socket timeout bounds each recv, not the total, so a server trickling
-    a byte at a time would hold a worker forever; a timer shuts the live socket down when time is up instead."""
+    a byte at a time would hold a worker forever; a timer shuts the live connection down when time is up instead.
+    It holds a duplicate of the socket: http.client drops its own reference once a response owns the connection."""
 
     def __init__(self, seconds: float) -> None:
         self.end, self.expired = time.monotonic() + seconds, False
-        self.conn: http.client.HTTPConnection | None = None
-        self.lock = threading.Lock()  # expire() and close() never race on a socket (or on a reused descriptor)
+        self.sock: socket.socket | None = None
+        self.lock = threading.Lock()  # the timer never shuts down a descriptor that is being closed
         self.timer = threading.Timer(seconds, self.expire)
         self.timer.daemon = True
 
     def remaining(self) -> float:
         return 0.0 if self.expired else max(0.0, self.end - time.monotonic())
 
+    def watch(self, sock: socket.socket) -> None:
+        with self.lock:
+            self.sock = sock.dup()
+            if self.expired:  # it expired while connecting, before there was a socket to shut down
+                raise TimeoutError
+
     def expire(self) -> None:
         with self.lock:
             self.expired = True
-            if self.conn is not None and self.conn.sock is not None:
-                with contextlib.suppress(OSError):  # shut the descriptor itself down, also under an SSLSocket
-                    socket.socket.shutdown(self.conn.sock, socket.SHUT_RDWR)
+            if self.sock is not None:
+                with contextlib.suppress(OSError):
+                    self.sock.shutdown(socket.SHUT_RDWR)
 
-    def close(self) -> None:
+    def unwatch(self) -> None:
         with self.lock:
-            if self.conn is not None:
-                self.conn.close()
-                self.conn = None
+            if self.sock is not None:
+                self.sock.close()
+                self.sock = None
 
 
 class _PinnedConnection(http.client.HTTPConnection):
@@ -99,9 +106,9 @@ class _PinnedConnection(http.client.HTTPConnection):
     again, and a rebinding DNS server answers differently the second time. The Host header and TLS (SNI and the
     certificate check) still use the URL's hostname."""
 
-    def __init__(self, host: str, port: int, ips: list[str], tls: bool, timeout: float) -> None:
-        super().__init__(host, port, timeout=timeout)
-        self.ips, self.tls, self.default_port = ips, tls, 443 if tls else 80
+    def __init__(self, host: str, port: int, ips: list[str], tls: bool, deadline: _Deadline) -> None:
+        super().__init__(host, port, timeout=deadline.remaining())
+        self.ips, self.tls, self.deadline, self.default_port = ips, tls, deadline, 443 if tls else 80
 
     def connect(self) -> None:
         error = OSError(f"no address for {self.host}")
@@ -113,10 +120,9 @@ class _PinnedConnection(http.client.HTTPConnection):
                 error = exc
         else:
             raise error
-        if self.tls:  # handshake once self.sock is set, so the deadline can shut a stalled handshake down too
-            self.sock = ssl.create_default_context().wrap_socket(self.sock, server_hostname=self.host,
-                                                                  do_handshake_on_connect=False)
-            self.sock.do_handshake()
+        self.deadline.watch(self.sock)  # before the TLS handshake, so a stalled handshake is cut off too
+        if self.tls:
+            self.sock = ssl.create_default_context().wrap_socket(self.sock, server_hostname=self.host)
 
 
 def _check(url: str, resolve: Callable[..., Any], blocked: Callable[[IPAddress], bool]) -> tuple[str, int, list[str], str]:
@@ -145,7 +151,8 @@ def _check(url: str, resolve: Callable[..., Any], blocked: Callable[[IPAddress],
     # Any non-public answer refuses the host: which of its addresses a connection ends up on is not ours to choose.
     if not ips or any(blocked(ip) for ip in ips):
         raise UrlRefused(f"refusing {host}: it is or resolves to a private, loopback or otherwise non-public address")
-    return host, port, [str(ip) for ip in ips], (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+    path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+    return host, port, [str(ip) for ip in ips], quote(path, safe="/?%:@!$&'()*+,;=~[]")  # as a browser sends it
 
 
 def fetch(url: str, limits: FetchLimits, *, resolve: Callable[..., Any] = socket.getaddrinfo,
@@ -157,34 +164,11 @@ def fetch(url: str, limits: FetchLimits, *, resolve: Callable[..., Any] = socket
     try:
         for _ in range(limits.max_redirects + 1):
             host, port, ips, path = _check(url, resolve, blocked)
+            if not deadline.remaining():  # resolving cannot be interrupted; this check after it is the best we get
+                raise UrlTimeout(f"timed out after {limits.timeout:g} s resolving {host}")
+            conn = _PinnedConnection(host, port, ips, urlsplit(url).scheme == "https", deadline)
             try:
-                if not deadline.remaining():  # resolving is not interruptible; the check after it is the best we get
-                    raise TimeoutError
-                conn = deadline.conn = _PinnedConnection(host, port, ips, urlsplit(url).scheme == "https", deadline.remaining())
-                conn.connect()
-                if deadline.expired:  # expired while connecting, before there was a socket to shut down
-                    raise TimeoutError
-                conn.request("GET", path, headers={"User-Agent": "cutq-runtime", "Accept": "image/*"})
-                response = conn.getresponse()
-                if response.status in REDIRECTS:
-                    if not (location := response.getheader("Location", "").strip()):
-                        raise UrlRefused(f"{host} answered HTTP {response.status} without a Location")
-                    url = urljoin(url, location)
-                    continue
-                if not 200 <= response.status < 300:
-                    raise UrlRefused(f"{host} answered HTTP {response.status} {response.reason}".rstrip())
-                if response.length is not None and response.length > limits.max_bytes:
-                    raise UrlTooLarge(f"{host} announced {response.length} bytes, more than the limit of {limits.max_bytes}")
-                body = bytearray()
-                while chunk := response.read1(CHUNK):  # read1 returns what has arrived, never waits to fill CHUNK
-                    body += chunk
-                    if len(body) > limits.max_bytes:
-                        raise UrlTooLarge(f"the body from {host} is larger than the limit of {limits.max_bytes} bytes")
-                if deadline.expired:  # the shutdown can look like an ordinary end of the body
-                    raise TimeoutError
-                if response.length:
-                    raise UrlRefused(f"the body from {host} ended {response.length} bytes short of its Content-Length")
-                return bytes(body)
+                location, body = _get(conn, path, limits, deadline)
             except (OSError, http.client.HTTPException, ValueError) as exc:
                 if deadline.expired or isinstance(exc, TimeoutError):
                     raise UrlTimeout(f"timed out after {limits.timeout:g} s fetching from {host}") from exc
@@ -192,7 +176,35 @@ def fetch(url: str, limits: FetchLimits, *, resolve: Callable[..., Any] = socket
                     raise UrlRefused(f"the TLS certificate of {host} was not accepted: {exc.verify_message}") from exc
                 raise UrlRefused(f"could not fetch from {host}: {exc or type(exc).__name__}") from exc
             finally:
-                deadline.close()
+                deadline.unwatch()
+                conn.close()
+            if location is None:
+                return body
+            url = urljoin(url, location)
         raise UrlRefused(f"more than {limits.max_redirects} redirects, the last from {host}")
     finally:
         deadline.timer.cancel()
+
+
+def _get(conn: _PinnedConnection, path: str, limits: FetchLimits, deadline: _Deadline) -> tuple[str | None, bytes]:
+    """One request: (Location, b"") for a redirect, else (None, body)."""
+    conn.request("GET", path, headers={"User-Agent": "cutq-runtime", "Accept": "image/*"})
+    with conn.getresponse() as response:
+        if response.status in REDIRECTS:
+            if not (location := response.getheader("Location", "").strip()):
+                raise UrlRefused(f"{conn.host} answered HTTP {response.status} without a Location")
+            return location, b""
+        if not 200 <= response.status < 300:
+            raise UrlRefused(f"{conn.host} answered HTTP {response.status} {response.reason}".rstrip())
+        if response.length is not None and response.length > limits.max_bytes:
+            raise UrlTooLarge(f"{conn.host} announced {response.length} bytes, more than the limit of {limits.max_bytes}")
+        body = bytearray()
+        while chunk := response.read1(CHUNK):  # read1 returns what has arrived, never waits to fill CHUNK
+            body += chunk
+            if len(body) > limits.max_bytes:
+                raise UrlTooLarge(f"the body from {conn.host} is larger than the limit of {limits.max_bytes} bytes")
+        if deadline.expired:  # the shutdown can look like an ordinary end of the body
+            raise TimeoutError
+        if response.length:
+            raise UrlRefused(f"the body from {conn.host} ended {response.length} bytes short of its Content-Length")
+        return None, bytes(body)
