@@ -60,3 +60,22 @@ portability: setup  ## masks on emulated CPUs vs this host (MODELS="u2netp u2net
 portability-ci: setup  ## CI's cross-CPU check: build u2netp-int8, compare it on every emulated CPU
 	$(BIN)/cutq quantize --model u2netp --target-ssim 0.97 --calib-dir $(CALIB)
 	$(BIN)/python tools/portability/check.py --models u2netp-int8
+
+# `cutq serve` and its measurements (docs/serve.md). SERVE_MODELS: every INT8 variant in the model cache, else u2netp;
+# the first is the default. SERVE_ARGS adds server options, e.g. SERVE_ARGS="--port 8080 --max-queue 32".
+CUTQ_CACHE ?= $(or $(CUTQ_HOME),$(if $(XDG_CACHE_HOME),$(XDG_CACHE_HOME)/cutq),$(HOME)/.cache/cutq)
+SERVE_MODELS ?= $(or $(foreach m,u2netp-int8 u2net-int8 u2net-p50-fast-int8,$(if $(wildcard $(CUTQ_CACHE)/$(m).onnx),$(m))),u2netp)
+SERVE_ARGS ?=
+LOAD_MODEL ?= $(if $(filter u2net-int8,$(SERVE_MODELS)),u2net-int8,$(firstword $(SERVE_MODELS)))
+.PHONY: serve serve-soak bench-serve
+serve: setup  ## serve the cached INT8 variants (else u2netp) on http://127.0.0.1:7000 until Ctrl-C
+	$(BIN)/cutq serve $(addprefix --model ,$(SERVE_MODELS)) $(SERVE_ARGS)
+
+# About 5 + 2 minutes on 2 cores: 2,000 cut-outs watching RSS and sessions, then a 64-client burst and SIGTERM.
+serve-soak: setup  ## soak (2,000 requests: RSS growth, sessions, 5xx) and load (burst -> fast 503s, SIGTERM drains)
+	$(BIN)/python tools/serve/soak.py $(addprefix --model ,$(SERVE_MODELS)) --json bench-results/serve-soak.json
+	$(BIN)/python tools/serve/load.py --model $(LOAD_MODEL) --json bench-results/serve-load.json
+
+# About 8 minutes on 2 cores; rembg[cpu,cli] goes into its own venv in .cache/serve-bench/ on first use.
+bench-serve: setup  ## cutq serve vs rembg s, same photos and run: throughput, p50/p95, peak RSS, idle CPU
+	$(BIN)/python tools/serve/bench_rembg.py --json bench-results/serve-bench.json --markdown bench-results/serve-bench.md

@@ -5,12 +5,14 @@ from __future__ import annotations
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 
 
 def free_port() -> int:
@@ -23,10 +25,10 @@ def free_port() -> int:
 class Server:
     url: str  # http://127.0.0.1:<port>
     process: subprocess.Popen
+    log: Path  # what the server printed: a file, not a pipe nobody reads (a full pipe would block the server)
 
     def output(self) -> str:
-        """What the server printed so far (only once it has exited)."""
-        return self.process.stdout.read() if self.process.poll() is not None and self.process.stdout else ""
+        return self.log.read_text(errors="replace")
 
 
 def _status(url: str) -> int | None:
@@ -43,9 +45,11 @@ def _status(url: str) -> int | None:
 def running_server(*args: str, ready_timeout: float = 180.0) -> Iterator[Server]:
     """Start `python -m cutq_runtime serve --port <free> ARGS`, wait for /readyz 200, stop it (SIGTERM) after."""
     port = free_port()
-    process = subprocess.Popen([sys.executable, "-m", "cutq_runtime", "serve", "--port", str(port), *args],
-                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    server = Server(f"http://127.0.0.1:{port}", process)
+    log = Path(tempfile.mkstemp(prefix="cutq-serve-", suffix=".log")[1])
+    with log.open("w") as out:
+        process = subprocess.Popen([sys.executable, "-m", "cutq_runtime", "serve", "--port", str(port), *args],
+                                   stdout=out, stderr=subprocess.STDOUT)
+    server = Server(f"http://127.0.0.1:{port}", process, log)
     try:
         deadline = time.monotonic() + ready_timeout
         while _status(f"{server.url}/readyz") != 200:
@@ -62,3 +66,4 @@ def running_server(*args: str, ready_timeout: float = 180.0) -> Iterator[Server]
                 process.wait(60)
             except subprocess.TimeoutExpired:
                 process.kill()
+        log.unlink(missing_ok=True)

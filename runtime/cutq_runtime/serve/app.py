@@ -27,10 +27,10 @@ from ..api import RemoveOptions, cut, remove
 from ..errors import ImageError, ModelError
 from . import urlfetch
 from .config import ServeConfig
-from .limits import BodyLimit, Observe
+from .limits import Admission, BodyLimit, Observe
 from .metrics import Metrics
 from .params import ParamError, parse_bgcolor, rembg_unsupported
-from .pool import Busy, InferencePool, QueueTimeout
+from .pool import InferencePool, QueueTimeout
 from .registry import Variants
 
 STATIC = Path(__file__).parent / "static"
@@ -93,8 +93,6 @@ def create_app(config: ServeConfig, variants: Variants | None = None) -> FastAPI
 
         try:
             body, worked = await pool.run(job)
-        except Busy:
-            raise ClientError(503, "server busy: the queue is full, retry shortly", {"Retry-After": "1"}) from None
         except QueueTimeout:
             raise ClientError(504, f"waited more than {config.queue_timeout:g} s for a worker") from None
         waited = time.perf_counter() - started - worked
@@ -176,6 +174,7 @@ def create_app(config: ServeConfig, variants: Variants | None = None) -> FastAPI
         app.add_middleware(CORSMiddleware, allow_origins=list(config.cors_origins), allow_credentials=False,
                            allow_methods=["GET", "POST"], allow_headers=["Authorization", "Content-Type"],
                            expose_headers=["X-Cutq-Latency-Ms", "X-Cutq-Queue-Ms", "X-Cutq-Model"])
+    app.add_middleware(Admission, pool=pool)  # outside the body limit: a refusal reads nothing
     app.add_middleware(Observe, metrics=metrics)
     app.state.pool, app.state.variants, app.state.metrics = pool, variants, metrics
     return app

@@ -15,6 +15,7 @@ from typing import Any
 from starlette.exceptions import HTTPException
 
 from .metrics import Metrics
+from .pool import InferencePool
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -97,3 +98,22 @@ class Observe:
         finally:
             elapsed = time.perf_counter() - started if route in TIMED and status < 400 else None
             self.metrics.observe(route, status, elapsed)
+
+
+class Admission:
+    """Admit a cut-out request into the pool's bound before its body is read; refuse it (503) otherwise."""
+
+    def __init__(self, app: App, pool: InferencePool) -> None:
+        self.app = app
+        self.pool = pool
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope.get("path") not in TIMED or scope.get("method") not in ("GET", "POST"):
+            return await self.app(scope, receive, send)
+        if not self.pool.admit():
+            return await send_json(send, 503, {"error": "server busy: the queue is full, retry shortly"},
+                                   {"retry-after": "1", "connection": "close"})
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            self.pool.leave()

@@ -63,7 +63,8 @@ class Metrics:
             lines.append(f'cutq_inference_seconds_bucket{{le="{bound}"}} {cumulative}')
         lines += [f"cutq_inference_seconds_sum {total:.6f}", f"cutq_inference_seconds_count {count}"]
         gauges = {
-            "cutq_queue_depth": ("Requests waiting for a worker.", pool.waiting),
+            "cutq_queue_depth": ("Requests admitted and not yet running (reading their upload or waiting).",
+                                 pool.admitted - pool.running),
             "cutq_inflight": ("Inferences running now.", pool.running),
             "cutq_inflight_peak": ("The most inferences ever running at once.", pool.peak_running),
             "cutq_max_concurrency": ("The worker pool's size.", pool.concurrency),
