@@ -124,17 +124,14 @@ def _read(path: str) -> bytes:
         raise CutqError(f"{path}: cannot read ({exc.strerror or exc})") from exc
 
 
-def parse_bgcolor(text: str | None) -> tuple[int, int, int, int] | None:
-    """`R,G,B,A` with 0-255 integers (A defaults to 255)."""
-    if text is None:
+def parse_bgcolor(text: str | None, label: str = "--bgcolor") -> tuple[int, int, int, int] | None:
+    """`R,G,B[,A]` with 0-255 integers (A defaults to 255); `label` names the option in the error."""
+    if text is None or text == "":
         return None
     parts = [p.strip() for p in text.split(",")]
-    try:
-        values = [int(p) for p in parts]
-    except ValueError:
-        values = []
+    values = [int(p) for p in parts] if all(p.isdigit() for p in parts) else []
     if len(values) == 3:
         values.append(255)
     if len(values) != 4 or not all(0 <= v <= 255 for v in values):
-        raise CutqError(f"--bgcolor '{text}': expected R,G,B[,A] with integers 0-255")
+        raise CutqError(f"{label} '{text}': expected R,G,B[,A] with integers 0-255")
     return (values[0], values[1], values[2], values[3])

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from .. import batch
 from ..api import Bgcolor
+from ..errors import CutqError
 
 
 class ParamError(ValueError):
@@ -11,13 +13,10 @@ class ParamError(ValueError):
 
 def parse_bgcolor(text: str | None) -> Bgcolor | None:
     """'R,G,B' or 'R,G,B,A', each 0-255 (rembg's `bgc`); None for no background."""
-    if text is None or text == "":
-        return None
-    parts = [p.strip() for p in text.split(",")]
-    if len(parts) not in (3, 4) or not all(p.isdigit() and int(p) <= 255 for p in parts):
-        raise ParamError(f"background colour '{text}' is not R,G,B or R,G,B,A with values 0-255")
-    values = [int(p) for p in parts]
-    return (values[0], values[1], values[2], values[3] if len(values) == 4 else 255)
+    try:
+        return batch.parse_bgcolor(text, label="background colour")
+    except CutqError as exc:
+        raise ParamError(str(exc)) from None
 
 
 def rembg_unsupported(**flags: bool) -> None:
