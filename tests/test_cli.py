@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -39,11 +41,53 @@ def test_folder_with_bad_files_goes_on_and_fails_at_the_end(cli: str, photos: Pa
     proc = run(cli, "remove", str(photos), "--out-dir", str(out), "--model", "u2netp")
     err = proc.stderr.decode()
     assert proc.returncode == 1, err
-    assert sorted(p.name for p in out.iterdir()) == ["chelsea.png", "rocket.png"]
+    assert sorted(p.name for p in out.iterdir()) == [".cutq-ledger.jsonl", "chelsea.png", "rocket.png"]
     for name, (_, reason) in BAD.items():
         assert f"{photos / name}: {reason}" in err.replace("\n", " ") or f"{name}: {reason}" in err, (name, err)
     assert f"{len(BAD)} of {len(BAD) + 2} failed" in err
     assert Image.open(out / "rocket.png").mode == "RGBA"
+    # Again: the two cut-outs are kept, the bad files tried again and reported the same way, listed in --report.
+    report = tmp_path / "failures.jsonl"
+    again = run(cli, "remove", str(photos), "--out-dir", str(out), "--model", "u2netp", "--report", str(report))
+    said = " ".join(again.stderr.decode().split())
+    assert again.returncode == 1 and "0 cut-outs written" in said and "2 already done" in said
+    failures = [json.loads(line) for line in report.read_text().splitlines()]
+    assert sorted(Path(f["source"]).name for f in failures) == sorted(BAD) and all(f["error"] for f in failures)
+
+
+def _done_lines(ledger: Path) -> list[str]:
+    return [json.loads(line)["source"] for line in ledger.read_text().splitlines()
+            if line.endswith("}") and json.loads(line)["status"] == "done"]
+
+
+@pytest.mark.parametrize("cli", list(CLIS))
+def test_a_killed_folder_run_resumes_with_every_output_exactly_once(cli: str, tmp_path: Path, u2netp) -> None:
+    """SIGKILL part-way, then the same command: nothing lost, nothing partial, no input done twice."""
+    photos = tmp_path / "in"
+    photos.mkdir()
+    source = Image.open(CALIBRATION / "astronaut.png").convert("RGB")
+    for i in range(24):
+        source.rotate(i * 15).resize((900, 900)).save(photos / f"p{i:02d}.jpg", quality=90)
+    out = tmp_path / "out"
+    command = [*CLIS[cli], "remove", str(photos), "--out-dir", str(out), "--model", "u2netp", "--workers", "2"]
+    first = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    ledger = out / ".cutq-ledger.jsonl"
+    while not (ledger.exists() and len(_done_lines(ledger)) >= 5):
+        assert first.poll() is None, "the run finished before it could be killed"
+        time.sleep(0.02)
+    first.kill()
+    first.wait()
+    done_before = set(_done_lines(ledger))
+    assert 5 <= len(done_before) < 24
+    second = run(cli, *command[len(CLIS[cli]):])
+    assert second.returncode == 0, second.stderr.decode()
+    said = " ".join(second.stderr.decode().split())
+    done = _done_lines(ledger)
+    assert sorted(done) == sorted(str(p) for p in photos.iterdir())  # each input committed exactly once
+    assert f"{24 - len(done_before)} cut-outs written" in said and f"{len(done_before)} already done" in said
+    assert sorted(p.name for p in out.iterdir()) == [".cutq-ledger.jsonl", *(f"p{i:02d}.png" for i in range(24))]
+    for i in range(24):
+        assert Image.open(out / f"p{i:02d}.png").size == (900, 900)  # complete, decodable PNGs
 
 
 @pytest.mark.parametrize("cli", list(CLIS))

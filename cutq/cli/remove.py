@@ -9,7 +9,7 @@ import typer
 
 from cutq_runtime import batch
 from cutq_runtime.api import DEFAULT_MODEL, DEFAULT_PNG_LEVEL, RemoveOptions
-from cutq_runtime.errors import shown_warnings
+from cutq_runtime.errors import CutqError, shown_warnings
 from cutq_runtime.session import SessionConfig, new_session
 
 from .ui import CACHE_HELP, DownloadBar, err, errors_exit, file_progress
@@ -20,6 +20,12 @@ PNG_HELP = "PNG compression 0-9: higher gives smaller files and takes longer; pi
 LOW_MEMORY_HELP = ("Free the model's working memory after each image, so a large photo's cut-out does not stack on it "
                    "(small devices; a little slower per image).")
 STRICT_HELP = "Refuse a model this CPU may compute wrong masks with, instead of warning (also CUTQ_STRICT_CPU=1)."
+WORKERS_HELP = ("Images in flight at once, sharing one model: while one is in the model the others are decoded and "
+                "encoded (default: one per core, at most 4). Threads per image: cores / workers, unless --threads.")
+RESUME_HELP = ("With --out-dir: skip inputs an earlier run into the same folder finished with the same model and options "
+               "(its ledger, .cutq-ledger.jsonl, is there). --no-resume does every input again.")
+REPORT_HELP = "Write one JSON line per failed input, with its reason, to this file."
+ENGINE_HELP = "local: this machine. ray: a Ray cluster (pip install 'cutq[ray]'); --address joins one, else a local one."
 
 
 def remove(
@@ -35,15 +41,27 @@ def remove(
     cache_dir: Annotated[Path | None, typer.Option("--cache-dir", help=CACHE_HELP)] = None,
     strict_cpu: Annotated[bool, typer.Option("--strict-cpu", help=STRICT_HELP)] = False,
     low_memory: Annotated[bool, typer.Option("--low-memory", help=LOW_MEMORY_HELP)] = False,
+    workers: Annotated[int | None, typer.Option("--workers", min=1, help=WORKERS_HELP)] = None,
+    resume: Annotated[bool, typer.Option("--resume/--no-resume", help=RESUME_HELP)] = True,
+    report_file: Annotated[Path | None, typer.Option("--report", help=REPORT_HELP)] = None,
+    engine: Annotated[str, typer.Option("--engine", help=ENGINE_HELP)] = "local",
+    address: Annotated[str | None, typer.Option("--address", help="Ray cluster address (with --engine ray).")] = None,
 ) -> None:
-    """Remove backgrounds. Bad files are reported by name and skipped; the exit code is 1 if any failed."""
+    """Remove backgrounds. Bad files are reported by name and skipped; the exit code is 1 if any failed.
+
+    Folder runs can be interrupted and run again: finished inputs are skipped (see --resume)."""
     with errors_exit():
+        if engine not in ("local", "ray"):
+            raise CutqError(f"--engine '{engine}': expected local or ray")
         jobs = batch.plan(batch.expand_inputs(inputs), out, out_dir)
         options = RemoveOptions(only_mask, batch.parse_bgcolor(bgcolor), max_pixels, png_level)
+        workers = workers or batch.default_workers()
+        threads = threads or max(1, batch.default_workers() // workers)
         with shown_warnings(lambda text: err.print(f"[yellow]warning:[/yellow] {text}", markup=True, highlight=False)):
             session = new_session(model, cache_dir=cache_dir, config=SessionConfig(threads=threads, strict_cpu=strict_cpu,
                                                                                        low_memory=low_memory),
                                   progress=DownloadBar(f"Downloading {model}"))
+        ledger = batch.open_ledger(jobs, out_dir, batch.settings_key(str(session.model.path), options), resume)
     with file_progress() as progress:
         task = progress.add_task("Removing backgrounds", total=len(jobs))
 
@@ -52,9 +70,29 @@ def remove(
                 progress.console.print(f"[red]error:[/red] {error}", highlight=False)
             progress.advance(task)
 
-        result = batch.run(jobs, session, options, report)
+        try:
+            if engine == "ray":
+                from cutq.engines.ray_engine import RayConfig
+                from cutq.engines.ray_engine import run as run_ray
+
+                assert ledger is not None, "--engine ray needs --out-dir"
+                result = run_ray(jobs, str(session.model.path), options, RayConfig(address=address, threads_per_actor=threads),
+                                 ledger, report, cache_dir=cache_dir)
+            else:
+                result = batch.run(jobs, session, options, report, workers=workers, ledger=ledger)
+        finally:
+            if ledger is not None:
+                ledger.close()
+        progress.advance(task, len(result.skipped))
+    if report_file is not None:
+        result.write_report(str(report_file))
+    _summary(result, len(jobs), out_dir)
+
+
+def _summary(result: batch.BatchResult, total: int, out_dir: str | None) -> None:
+    if out_dir and total > 1:
+        skipped = f", {len(result.skipped)} already done (skipped)" if result.skipped else ""
+        err.print(f"{len(result.done)} cut-outs written to {out_dir}{skipped}, {len(result.failed)} failed")
     if result.failed:
-        err.print(f"{len(result.failed)} of {len(jobs)} failed")
+        err.print(f"{len(result.failed)} of {total} failed")
         raise typer.Exit(1)
-    if out_dir and len(jobs) > 1:
-        err.print(f"{len(result.done)} cut-outs written to {out_dir}")

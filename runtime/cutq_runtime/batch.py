@@ -2,17 +2,26 @@
 
 Both command lines (`python -m cutq_runtime` and `cutq`) use this; they differ only in how they draw
 progress. A bad file is reported by name and skipped; nothing is written for it.
+
+`run` keeps `workers` images in flight on threads that share one session: while one image is in the model,
+the others are read, decoded, resized, composited and PNG-encoded (Pillow, zlib and ONNX Runtime all release
+the GIL), and at most `workers + 1` are held at once, so memory stays flat on a folder of any size. With a
+`Ledger` (folder runs), finished inputs are skipped and every output is committed exactly once (ledger.py).
 """
 
 from __future__ import annotations
 
 import glob
+import hashlib
+import json
 import os
 import sys
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from . import ledger as ledgers
 from .api import RemoveOptions, remove
 from .errors import CutqError, OutputError
 from .fsutil import atomic_write_bytes
@@ -34,6 +43,20 @@ class Job:
 class BatchResult:
     done: list[Job] = field(default_factory=list)
     failed: list[tuple[Job, str]] = field(default_factory=list)
+    skipped: list[Job] = field(default_factory=list)  # finished by an earlier run (resume)
+
+    def write_report(self, path: str) -> None:
+        """`--report`: one JSON line per failed input with its reason (an empty file when none failed)."""
+        lines = "".join(json.dumps({"source": j.source, "target": j.target, "error": e}) + "\n" for j, e in self.failed)
+        atomic_write_bytes(path, lines.encode())
+
+
+def settings_key(model: str, options: RemoveOptions) -> str:
+    """What must match for a resumed run to keep an earlier output: the model file (path, size and time, when
+    `model` is a file) and the options."""
+    stamp = ledgers.fingerprint(model) if os.path.isfile(model) else ""
+    text = json.dumps({"model": model, "stamp": stamp, **asdict(options)}, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 def expand_inputs(patterns: Sequence[str]) -> list[str]:
@@ -84,27 +107,59 @@ def plan(inputs: Sequence[str], out: str | None, out_dir: str | None) -> list[Jo
 
 
 def run(jobs: Sequence[Job], session: Session, options: RemoveOptions,
-        on_result: Callable[[Job, str | None], None] | None = None) -> BatchResult:
-    """Process jobs in order; `on_result(job, error_or_None)` is called after each one."""
+        on_result: Callable[[Job, str | None], None] | None = None, *, workers: int = 1,
+        ledger: ledgers.Ledger | None = None) -> BatchResult:
+    """Process jobs, `workers` at a time; `on_result(job, error_or_None)` is called after each one, in the
+    caller's thread. With a ledger, inputs it lists as finished are skipped (and reported as skipped)."""
     result = BatchResult()
+    todo: list[Job] = []
     for job in jobs:
-        error = _run_one(job, session, options)
-        if error is None:
-            result.done.append(job)
+        if ledger is not None and job.source != STDIO and ledger.finished(job.source, job.target):
+            result.skipped.append(job)
         else:
-            result.failed.append((job, error))
+            todo.append(job)
+    if ledger is not None:
+        ledgers.remove_stale_temps([j.target for j in todo if j.target != STDIO])
+
+    def finish(job: Job, error: str | None) -> None:
+        (result.done.append(job) if error is None else result.failed.append((job, error)))
         if on_result:
             on_result(job, error)
+
+    if workers <= 1:
+        for job in todo:
+            finish(job, _run_one(job, session, options, ledger))
+        return result
+    pending: dict[Future, Job] = {}
+    with ThreadPoolExecutor(workers, thread_name_prefix="cutq-batch") as pool:
+        for job in todo:
+            if len(pending) > workers:  # bounded: at most workers + 1 images held at once
+                finished, _ = wait(pending, return_when=FIRST_COMPLETED)
+                for future in finished:
+                    finish(pending.pop(future), future.result())
+            pending[pool.submit(_run_one, job, session, options, ledger)] = job
+        for future in list(pending):
+            finish(pending.pop(future), future.result())
     return result
 
 
-def _run_one(job: Job, session: Session, options: RemoveOptions) -> str | None:
+def _run_one(job: Job, session: Session, options: RemoveOptions, ledger: ledgers.Ledger | None = None) -> str | None:
+    error = process_one(job, session, options, ledger)
+    if error is not None and ledger is not None and job.source != STDIO:
+        ledger.fail(job.source, job.target, error)
+    return error
+
+
+def process_one(job: Job, session: Session, options: RemoveOptions, ledger: ledgers.Ledger | None = None) -> str | None:
+    """Read, cut out and write one job; the error message, or None. Never raises: one odd file must not stop a run."""
     try:
         data = sys.stdin.buffer.read() if job.source == STDIO else _read(job.source)
         png = remove(data, session, source=job.source, options=options)
         if job.target == STDIO:
             sys.stdout.buffer.write(png)
             sys.stdout.buffer.flush()
+        elif ledger is not None:
+            ledger.commit(job.source, job.target, ledgers.write_temp(job.target, png))
         else:
             atomic_write_bytes(job.target, png)
     except CutqError as exc:
@@ -135,3 +190,19 @@ def parse_bgcolor(text: str | None, label: str = "--bgcolor") -> tuple[int, int,
     if len(values) != 4 or not all(0 <= v <= 255 for v in values):
         raise CutqError(f"{label} '{text}': expected R,G,B[,A] with integers 0-255")
     return (values[0], values[1], values[2], values[3])
+
+
+def default_workers() -> int:
+    """Images in flight: one per core, capped at 4 (beyond that they only hold memory)."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:
+        cores = os.cpu_count() or 1
+    return max(1, min(4, cores))
+
+
+def open_ledger(jobs: Sequence[Job], out_dir: str | None, key: str, resume: bool) -> ledgers.Ledger | None:
+    """The run's ledger: folder runs only (a single -o file or stdout has nothing to resume)."""
+    if out_dir is None or all(j.source == STDIO for j in jobs):
+        return None
+    return ledgers.Ledger(out_dir, key, resume)

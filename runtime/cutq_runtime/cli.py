@@ -39,6 +39,11 @@ def _parser() -> argparse.ArgumentParser:
                     help="refuse a model this CPU may compute wrong masks with, instead of warning (or CUTQ_STRICT_CPU=1)")
     rm.add_argument("--low-memory", action="store_true",
                     help="free the model's working memory after each image (small devices; a little slower)")
+    rm.add_argument("--workers", type=int, help="images in flight at once, sharing one model (default: one per core, "
+                    "at most 4; threads per image: cores / workers unless --threads)")
+    rm.add_argument("--no-resume", dest="resume", action="store_false",
+                    help="with --out-dir: do every input again instead of skipping those an earlier run finished")
+    rm.add_argument("--report", help="write one JSON line per failed input, with its reason, to this file")
 
     sub.add_parser("serve", help="serve variants over HTTP (needs the serve extra); see serve --help", add_help=False)
 
@@ -73,10 +78,12 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _remove(args: argparse.Namespace) -> int:
     jobs = batch.plan(batch.expand_inputs(args.inputs), args.out, args.out_dir)
     options = RemoveOptions(args.only_mask, batch.parse_bgcolor(args.bgcolor), args.max_pixels, args.png_level)
+    workers = args.workers or batch.default_workers()
     with shown_warnings(lambda text: print(f"warning: {text}", file=sys.stderr)):
         session = new_session(args.model, cache_dir=args.cache_dir,
-                              config=SessionConfig(threads=args.threads, strict_cpu=args.strict_cpu,
-                                                   low_memory=args.low_memory))
+                              config=SessionConfig(threads=args.threads or max(1, batch.default_workers() // workers),
+                                                   strict_cpu=args.strict_cpu, low_memory=args.low_memory))
+    ledger = batch.open_ledger(jobs, args.out_dir, batch.settings_key(str(session.model.path), options), args.resume)
     bar = TextProgress("Removing backgrounds")
     count = 0
 
@@ -87,7 +94,16 @@ def _remove(args: argparse.Namespace) -> int:
             print(f"\nerror: {error}", file=sys.stderr)
         bar(count, len(jobs))
 
-    result = batch.run(jobs, session, options, report)
+    try:
+        result = batch.run(jobs, session, options, report, workers=workers, ledger=ledger)
+    finally:
+        if ledger is not None:
+            ledger.close()
+    if args.report:
+        result.write_report(args.report)
+    if args.out_dir and len(jobs) > 1:
+        skipped = f", {len(result.skipped)} already done (skipped)" if result.skipped else ""
+        print(f"\n{len(result.done)} cut-outs written to {args.out_dir}{skipped}, {len(result.failed)} failed", file=sys.stderr)
     if result.failed:
         print(f"{len(result.failed)} of {len(jobs)} failed", file=sys.stderr)
         return 1
