@@ -3,7 +3,8 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
-# Optional extras beside the dev tools; CI adds `train` (torch, CPU build) so the fine-tune tests run too.
+# Optional extras beside the dev tools; CI adds `train` (torch, CPU build) and `ray` so the fine-tune and Ray
+# engine tests run too (without them those tests are skipped).
 EXTRAS ?= dev
 
 # Calibration photos for `make quantize`: davis-val beside the repo when present (split by scene into
@@ -79,3 +80,11 @@ serve-soak: setup  ## soak (2,000 requests: RSS growth, sessions, 5xx) and load 
 # About 8 minutes on 2 cores; rembg[cpu,cli] goes into its own venv in .cache/serve-bench/ on first use.
 bench-serve: setup  ## cutq serve vs rembg s, same photos and run: throughput, p50/p95, peak RSS, idle CPU
 	$(BIN)/python tools/serve/bench_rembg.py --json bench-results/serve-bench.json --markdown bench-results/serve-bench.md
+
+# The Ray engine (docs/ray.md): its tests on a local two-node Ray cluster, and local vs Ray throughput.
+.PHONY: test-ray bench-ray
+test-ray: setup  ## the Ray engine's tests on a local two-node Ray cluster (make test-ray EXTRAS=dev,ray)
+	$(BIN)/python -m pytest -m ray tests/test_ray_engine.py
+
+bench-ray: setup  ## images/s of the local engine and of Ray on 100 davis-val photos
+	$(BIN)/python tools/ray_bench.py

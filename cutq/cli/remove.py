@@ -75,9 +75,8 @@ def remove(
                 from cutq.engines.ray_engine import RayConfig
                 from cutq.engines.ray_engine import run as run_ray
 
-                assert ledger is not None, "--engine ray needs --out-dir"
-                result = run_ray(jobs, str(session.model.path), options, RayConfig(address=address, threads_per_actor=threads),
-                                 ledger, report, cache_dir=cache_dir)
+                config = RayConfig(address=address, threads_per_actor=threads, strict_cpu=strict_cpu, low_memory=low_memory)
+                result = run_ray(jobs, model, options, config, ledger, report, cache_dir=cache_dir)
             else:
                 result = batch.run(jobs, session, options, report, workers=workers, ledger=ledger)
         finally:

@@ -153,13 +153,14 @@ def _run_one(job: Job, session: Session, options: RemoveOptions, ledger: ledgers
 def process_one(job: Job, session: Session, options: RemoveOptions, ledger: ledgers.Ledger | None = None) -> str | None:
     """Read, cut out and write one job; the error message, or None. Never raises: one odd file must not stop a run."""
     try:
+        stamp = ledgers.fingerprint(job.source) if ledger is not None and job.source != STDIO else None
         data = sys.stdin.buffer.read() if job.source == STDIO else _read(job.source)
         png = remove(data, session, source=job.source, options=options)
         if job.target == STDIO:
             sys.stdout.buffer.write(png)
             sys.stdout.buffer.flush()
         elif ledger is not None:
-            ledger.commit(job.source, job.target, ledgers.write_temp(job.target, png))
+            ledger.commit(job.source, job.target, ledgers.write_temp(job.target, png), stamp)
         else:
             atomic_write_bytes(job.target, png)
     except CutqError as exc:

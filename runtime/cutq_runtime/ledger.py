@@ -69,6 +69,7 @@ class Ledger:
         self.records: dict[str, Record] = {} if not resume else self._read()
         if not resume and self.path.exists():
             self.path.unlink()
+        self._cut_torn_line()
         try:
             self._handle = open(self.path, "a", encoding="utf-8")  # noqa: SIM115  (held for the run's appends)
         except OSError as exc:
@@ -85,6 +86,13 @@ class Ledger:
                 records[record.source] = record
         return records
 
+    def _cut_torn_line(self) -> None:
+        """A run killed mid-append leaves a line without its newline; cut it, or the next append would join it."""
+        with contextlib.suppress(FileNotFoundError), open(self.path, "rb+") as handle:
+            data = handle.read()
+            if data and not data.endswith(b"\n"):
+                handle.truncate(data.rfind(b"\n") + 1)
+
     def finished(self, source: str, target: str) -> bool:
         """Done before with these bytes and settings, and its output is in place (recovered if need be)."""
         record = self.records.get(source)
@@ -99,9 +107,10 @@ class Ledger:
             os.replace(temp_path(target), target)  # committed, then killed before the rename
         return os.path.exists(target)
 
-    def commit(self, source: str, target: str, temp: str) -> None:
-        """Record `source` as done, then move its result into place."""
-        self._append(Record(source, target, "done", fingerprint(source), self.key))
+    def commit(self, source: str, target: str, temp: str, stamp: str | None = None) -> None:
+        """Record `source` as done, then move its result into place. `stamp`: the input's fingerprint when it was
+        read (a file changed during the run is then done again by the next one)."""
+        self._append(Record(source, target, "done", stamp or fingerprint(source), self.key))
         os.replace(temp, target)
 
     def fail(self, source: str, target: str, error: str) -> None:
