@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import re
 import struct
 import threading
 import time
@@ -144,8 +145,11 @@ def test_models_health_metrics_and_token(client: TestClient) -> None:
     listed = client.get("/v1/models").json()["models"]
     assert [m["name"] for m in listed] == ["u2netp"] and listed[0]["size_bytes"] > 4e6 and listed[0]["gmac"] > 19
     assert client.get("/healthz").json() == {"status": "ok"}
+    assert client.post("/v1/cutout", content=PHOTO).status_code == 200
     metrics = client.get("/metrics").text
-    assert "cutq_onnx_sessions 1\n" in metrics and 'cutq_requests_total{route="/v1/cutout",status="200"}' in metrics
+    # process-wide (other tests' sessions live in this process too); exactly 1 in a server process, see below
+    assert re.search(r"^cutq_onnx_sessions [1-9]", metrics, re.M)
+    assert 'cutq_requests_total{route="/v1/cutout",status="200"}' in metrics
     assert "cutq_inference_seconds_bucket" in metrics and "process_resident_memory_bytes" in metrics
     assert client.get("/").status_code == 200 and "<html" in client.get("/").text.lower()
     with TestClient(create_app(ServeConfig(models=("u2netp",), token="s3cret"))) as guarded:
@@ -182,6 +186,7 @@ def test_sigterm_lets_in_flight_requests_finish(u2netp_path) -> None:
         clients = [threading.Thread(target=post) for _ in range(8)]
         for c in clients:
             c.start()
+        assert "\ncutq_onnx_sessions 1\n" in httpx.get(f"{server.url}/metrics").text  # one per variant, ever
         deadline = time.monotonic() + 30
         while "cutq_inflight 2" not in httpx.get(f"{server.url}/metrics").text:
             assert time.monotonic() < deadline
