@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from cutq_runtime import batch
+from cutq_runtime import batch, models
 from cutq_runtime.api import DEFAULT_MODEL, DEFAULT_PNG_LEVEL, RemoveOptions
 from cutq_runtime.errors import CutqError, shown_warnings
 from cutq_runtime.session import SessionConfig, new_session
@@ -57,11 +57,15 @@ def remove(
         options = RemoveOptions(only_mask, batch.parse_bgcolor(bgcolor), max_pixels, png_level)
         workers = workers or batch.default_workers()
         threads = threads or max(1, batch.default_workers() // workers)
-        with shown_warnings(lambda text: err.print(f"[yellow]warning:[/yellow] {text}", markup=True, highlight=False)):
-            session = new_session(model, cache_dir=cache_dir, config=SessionConfig(threads=threads, strict_cpu=strict_cpu,
-                                                                                       low_memory=low_memory),
-                                  progress=DownloadBar(f"Downloading {model}"))
-        ledger = batch.open_ledger(jobs, out_dir, batch.settings_key(str(session.model.path), options), resume)
+        download = DownloadBar(f"Downloading {model}")
+        if engine == "ray":  # the actors load the model; the driver only needs its file, for the ledger's key
+            session, model_path = None, models.resolve(model, models.cache_dir(cache_dir), progress=download).path
+        else:
+            with shown_warnings(lambda text: err.print(f"[yellow]warning:[/yellow] {text}", markup=True, highlight=False)):
+                session = new_session(model, cache_dir=cache_dir, progress=download,
+                                      config=SessionConfig(threads=threads, strict_cpu=strict_cpu, low_memory=low_memory))
+            model_path = session.model.path
+        ledger = batch.open_ledger(jobs, out_dir, batch.settings_key(str(model_path), options), resume)
     with file_progress() as progress:
         task = progress.add_task("Removing backgrounds", total=len(jobs))
 

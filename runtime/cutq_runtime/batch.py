@@ -23,6 +23,7 @@ from pathlib import Path
 
 from . import ledger as ledgers
 from .api import RemoveOptions, remove
+from .cpu import usable_cores
 from .errors import CutqError, OutputError
 from .fsutil import atomic_write_bytes
 from .session import Session
@@ -195,11 +196,7 @@ def parse_bgcolor(text: str | None, label: str = "--bgcolor") -> tuple[int, int,
 
 def default_workers() -> int:
     """Images in flight: one per core, capped at 4 (beyond that they only hold memory)."""
-    try:
-        cores = len(os.sched_getaffinity(0))
-    except AttributeError:
-        cores = os.cpu_count() or 1
-    return max(1, min(4, cores))
+    return max(1, min(4, usable_cores()))
 
 
 def open_ledger(jobs: Sequence[Job], out_dir: str | None, key: str, resume: bool) -> ledgers.Ledger | None:

@@ -43,6 +43,14 @@ NOT_HERE = ("may compute wrong masks on this CPU: without VNNI its integer kerne
 FIX = "rebuild it with `cutq quantize`, whose default 7-bit weights run exactly on every CPU, or use the FP32 model"
 
 
+def usable_cores() -> int:
+    """Cores this process may run on (its affinity where the OS has one), for sizing worker pools."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS
+        return os.cpu_count() or 1
+
+
 def host_features(cpuinfo: str | os.PathLike[str] | None = None) -> frozenset[str] | None:
     """This host's CPU feature flags in Linux's spelling (`avx2`, `avx512_vnni`, `asimddp`), None when unknown.
 

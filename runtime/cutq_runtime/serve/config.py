@@ -2,20 +2,14 @@
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 
 from ..api import DEFAULT_MODEL
+from ..cpu import usable_cores
 from ..errors import CutqError
 
 DEFAULT_PORT = 7000  # rembg's `rembg s` port, so scripts written for it only change the host if anything
 
-
-def _cores() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # macOS
-        return os.cpu_count() or 1
 
 
 @dataclass(frozen=True)
@@ -56,12 +50,12 @@ class ServeConfig:
         """Inferences at once: given, else as many as the cores hold at the chosen threads each."""
         if self.max_concurrency:
             return self.max_concurrency
-        return max(1, _cores() // (self.threads or 1))
+        return max(1, usable_cores() // (self.threads or 1))
 
     @property
     def session_threads(self) -> int:
         """Threads per inference: given, else the cores shared among the concurrent inferences."""
-        return self.threads or max(1, _cores() // self.concurrency)
+        return self.threads or max(1, usable_cores() // self.concurrency)
 
     @property
     def max_upload_bytes(self) -> int:
