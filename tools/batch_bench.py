@@ -5,8 +5,10 @@ so that noise from other jobs hits all of them.
 
     .venv/bin/python tools/batch_bench.py --models u2netp-int8 u2net-int8 --rounds 2
 
-Modes: `single` (--workers 1 --threads 1: one core), `sequential` (--workers 1, ONNX Runtime on every core: the
-folder mode before pipelining), `pipelined` (the default: one image in flight per core, one thread each).
+Modes: `single` (one photo after another on one ONNX Runtime thread: the single-thread rate), `sequential` (one
+after another, ONNX Runtime on every core: the folder mode before pipelining), both `batch.process_one` in a plain
+loop; `workers1` (--workers 1: one inference on every core, the next photo decoded meanwhile) and `pipelined` (the
+default: one inference per core, one thread each), both the CLI.
 Photo sets: `davis` (the first --count davis-val photos, 854x480) and `12mp` (--big photos resized to
 4000x3000 JPEGs, made once in .cache/batch-bench/).
 """
@@ -29,7 +31,17 @@ from PIL import Image
 REPO = Path(__file__).resolve().parents[1]
 DAVIS = REPO.parent / "shared" / "data" / "davis-val" / "images"
 CACHE = REPO / ".cache" / "batch-bench"
-MODES = {"single": ["--workers", "1", "--threads", "1"], "sequential": ["--workers", "1"], "pipelined": []}
+LOOPS = ("single", "sequential")
+MODES = {"single": ["1"], "sequential": ["0"], "workers1": ["--workers", "1"], "pipelined": []}
+LOOP = """import sys
+from cutq_runtime import batch
+from cutq_runtime.api import RemoveOptions
+from cutq_runtime.session import SessionConfig, new_session
+folder, out, model, threads = sys.argv[1:5]
+session = new_session(model, config=SessionConfig(threads=int(threads) or None))
+for job in batch.plan(batch.expand_inputs([folder]), None, out):
+    assert batch.process_one(job, session, RemoveOptions()) is None
+"""
 
 
 def photo_sets(count: int, big: int) -> dict[str, Path]:
@@ -77,8 +89,9 @@ def main() -> int:
             for _ in range(args.rounds):
                 for mode, flags in MODES.items():
                     with tempfile.TemporaryDirectory() as out:
-                        runs[mode].append(timed([*cli, str(folder), "--out-dir", out, "--model", model, "--no-resume",
-                                                 *flags]))
+                        argv = ([sys.executable, "-c", LOOP, str(folder), out, model, *flags] if mode in LOOPS else
+                                [*cli, str(folder), "--out-dir", out, "--model", model, "--no-resume", *flags])
+                        runs[mode].append(timed(argv))
             with tempfile.TemporaryDirectory() as out:
                 one = next(iter(sorted(folder.iterdir())))
                 single_peak = timed([*cli, str(one), "-o", os.path.join(out, "one.png"), "--model", model])[1]
@@ -86,14 +99,15 @@ def main() -> int:
             peak = {mode: max(p for _, p in r) for mode, r in runs.items()}
             rows.append((model, name, images, rate, peak, single_peak))
             print(f"{model} {name}: " + ", ".join(f"{m} {rate[m]:.2f} img/s" for m in MODES), flush=True)
-    print("\n| model | photos | single img/s | sequential img/s | pipelined img/s | pipelined / single | pipelined / "
-          "sequential | peak RSS MB single / sequential / pipelined | one cut-out MB | pipelined / one |")
+    print("\n| model | photos | img/s single / sequential / workers1 / pipelined | pipelined / single | pipelined / "
+          "sequential | workers1 / sequential | peak RSS MB single / sequential / workers1 / pipelined | one cut-out MB "
+          "| workers1 / one | pipelined / one |")
     print("|---|---|---|---|---|---|---|---|---|---|")
     for model, name, images, rate, peak, single_peak in rows:
-        print(f"| {model} | {images} {name} | {rate['single']:.2f} | {rate['sequential']:.2f} | {rate['pipelined']:.2f} | "
+        print(f"| {model} | {images} {name} | {' / '.join(f'{rate[m]:.2f}' for m in MODES)} | "
               f"{rate['pipelined'] / rate['single']:.2f}x | {rate['pipelined'] / rate['sequential']:.2f}x | "
-              f"{peak['single']:.0f} / {peak['sequential']:.0f} / {peak['pipelined']:.0f} | {single_peak:.0f} | "
-              f"{peak['pipelined'] / single_peak:.2f}x |")
+              f"{rate['workers1'] / rate['sequential']:.2f}x | {' / '.join(f'{peak[m]:.0f}' for m in MODES)} | "
+              f"{single_peak:.0f} | {peak['workers1'] / single_peak:.2f}x | {peak['pipelined'] / single_peak:.2f}x |")
     return 0
 
 

@@ -10,7 +10,7 @@ import typer
 from cutq_runtime import batch, models
 from cutq_runtime.api import DEFAULT_MODEL, DEFAULT_PNG_LEVEL, RemoveOptions
 from cutq_runtime.errors import CutqError, shown_warnings
-from cutq_runtime.session import SessionConfig, new_session
+from cutq_runtime.session import new_session
 
 from .ui import CACHE_HELP, DownloadBar, err, errors_exit, file_progress
 
@@ -20,8 +20,8 @@ PNG_HELP = "PNG compression 0-9: higher gives smaller files and takes longer; pi
 LOW_MEMORY_HELP = ("Free the model's working memory after each image, so a large photo's cut-out does not stack on it "
                    "(small devices; a little slower per image).")
 STRICT_HELP = "Refuse a model this CPU may compute wrong masks with, instead of warning (also CUTQ_STRICT_CPU=1)."
-WORKERS_HELP = ("Images in flight at once, sharing one model: while one is in the model the others are decoded and "
-                "encoded (default: one per core, at most 4). Threads per image: cores / workers, unless --threads.")
+WORKERS_HELP = ("Inferences at once, sharing one model, while other photos are decoded and encoded (default: one per "
+                "core, at most 4; threads each: cores / workers, unless --threads). 1 uses the least memory.")
 RESUME_HELP = ("With --out-dir: skip inputs an earlier run into the same folder finished with the same model and options "
                "(its ledger, .cutq-ledger.jsonl, is there). --no-resume does every input again.")
 REPORT_HELP = "Write one JSON line per failed input, with its reason, to this file."
@@ -55,15 +55,13 @@ def remove(
             raise CutqError(f"--engine '{engine}': expected local or ray")
         jobs = batch.plan(batch.expand_inputs(inputs), out, out_dir)
         options = RemoveOptions(only_mask, batch.parse_bgcolor(bgcolor), max_pixels, png_level)
-        workers = workers or batch.default_workers()
-        threads = threads or max(1, batch.default_workers() // workers)
+        workers, session_config = batch.session_config(workers, threads, strict_cpu=strict_cpu, low_memory=low_memory)
         download = DownloadBar(f"Downloading {model}")
         if engine == "ray":  # the actors load the model; the driver only needs its file, for the ledger's key
             session, model_path = None, models.resolve(model, models.cache_dir(cache_dir), progress=download).path
         else:
             with shown_warnings(lambda text: err.print(f"[yellow]warning:[/yellow] {text}", markup=True, highlight=False)):
-                session = new_session(model, cache_dir=cache_dir, progress=download,
-                                      config=SessionConfig(threads=threads, strict_cpu=strict_cpu, low_memory=low_memory))
+                session = new_session(model, cache_dir=cache_dir, progress=download, config=session_config)
             model_path = session.model.path
         ledger = batch.open_ledger(jobs, out_dir, batch.settings_key(str(model_path), options), resume)
     with file_progress() as progress:
@@ -79,7 +77,8 @@ def remove(
                 from cutq.engines.ray_engine import RayConfig
                 from cutq.engines.ray_engine import run as run_ray
 
-                config = RayConfig(address=address, threads_per_actor=threads, strict_cpu=strict_cpu, low_memory=low_memory)
+                config = RayConfig(address=address, threads_per_actor=session_config.threads or 1, strict_cpu=strict_cpu,
+                                   low_memory=low_memory)
                 result = run_ray(jobs, model, options, config, ledger, report, cache_dir=cache_dir)
             else:
                 result = batch.run(jobs, session, options, report, workers=workers, ledger=ledger)

@@ -3,9 +3,10 @@
 Both command lines (`python -m cutq_runtime` and `cutq`) use this; they differ only in how they draw
 progress. A bad file is reported by name and skipped; nothing is written for it.
 
-`run` keeps `workers` images in flight on threads that share one session: while one image is in the model,
-the others are read, decoded, resized, composited and PNG-encoded (Pillow, zlib and ONNX Runtime all release
-the GIL), and at most `workers + 1` are held at once, so memory stays flat on a folder of any size. With a
+`run` keeps `max(2, workers)` images in flight on threads that share one session, `workers` of them in the
+model at once: while one image is in the model, the others are read, decoded, resized, composited and
+PNG-encoded (Pillow, zlib and ONNX Runtime all release the GIL). Nothing more is held, so memory stays flat on
+a folder of any size. With a
 `Ledger` (folder runs), finished inputs are skipped and every output is committed exactly once (ledger.py).
 """
 
@@ -26,7 +27,7 @@ from .api import RemoveOptions, remove
 from .cpu import usable_cores
 from .errors import CutqError, OutputError
 from .fsutil import atomic_write_bytes
-from .session import Session
+from .session import Session, SessionConfig
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif", ".jfif", ".ppm"}
 STDIO = "-"
@@ -110,8 +111,11 @@ def plan(inputs: Sequence[str], out: str | None, out_dir: str | None) -> list[Jo
 def run(jobs: Sequence[Job], session: Session, options: RemoveOptions,
         on_result: Callable[[Job, str | None], None] | None = None, *, workers: int = 1,
         ledger: ledgers.Ledger | None = None) -> BatchResult:
-    """Process jobs, `workers` at a time; `on_result(job, error_or_None)` is called after each one, in the
-    caller's thread. With a ledger, inputs it lists as finished are skipped (and reported as skipped)."""
+    """Process jobs with `max(2, workers)` images in flight; `on_result(job, error_or_None)` is called after each
+    one, in the caller's thread. With a ledger, inputs it lists as finished are skipped (and reported as skipped).
+
+    How many of them are in the model at once is the session's `parallel_runs` (the CLIs set it to `workers`):
+    with one worker, one inference uses every core while the other image is decoded or encoded."""
     result = BatchResult()
     todo: list[Job] = []
     for job in jobs:
@@ -127,14 +131,15 @@ def run(jobs: Sequence[Job], session: Session, options: RemoveOptions,
         if on_result:
             on_result(job, error)
 
-    if workers <= 1:
+    in_flight = 1 if len(todo) <= 1 else max(2, workers)
+    if in_flight == 1:
         for job in todo:
             finish(job, _run_one(job, session, options, ledger))
         return result
     pending: dict[Future, Job] = {}
-    with ThreadPoolExecutor(workers, thread_name_prefix="cutq-batch") as pool:
+    with ThreadPoolExecutor(in_flight, thread_name_prefix="cutq-batch") as pool:
         for job in todo:
-            if len(pending) > workers:  # bounded: at most workers + 1 images held at once
+            if len(pending) >= in_flight:  # bounded: at most `in_flight` images held at once
                 finished, _ = wait(pending, return_when=FIRST_COMPLETED)
                 for future in finished:
                     finish(pending.pop(future), future.result())
@@ -195,8 +200,17 @@ def parse_bgcolor(text: str | None, label: str = "--bgcolor") -> tuple[int, int,
 
 
 def default_workers() -> int:
-    """Images in flight: one per core, capped at 4 (beyond that they only hold memory)."""
+    """Inferences at once: one per core, capped at 4 (beyond that they only hold memory)."""
     return max(1, min(4, usable_cores()))
+
+
+def session_config(workers: int | None, threads: int | None, *, strict_cpu: bool = False,
+                   low_memory: bool = False) -> tuple[int, SessionConfig]:
+    """The CLIs' `--workers` and `--threads`: workers (default one per core) and the session that serves them,
+    with at most `workers` inferences at once and cores / workers ONNX Runtime threads each."""
+    workers = workers or default_workers()
+    return workers, SessionConfig(threads=threads or max(1, default_workers() // workers), strict_cpu=strict_cpu,
+                                  low_memory=low_memory, parallel_runs=workers)
 
 
 def open_ledger(jobs: Sequence[Job], out_dir: str | None, key: str, resume: bool) -> ledgers.Ledger | None:

@@ -14,7 +14,7 @@ from . import batch, cpu, models
 from .api import DEFAULT_MODEL, DEFAULT_PNG_LEVEL, RemoveOptions
 from .errors import CutqError, shown_warnings
 from .progress import TextProgress
-from .session import SessionConfig, new_session
+from .session import new_session
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -39,8 +39,8 @@ def _parser() -> argparse.ArgumentParser:
                     help="refuse a model this CPU may compute wrong masks with, instead of warning (or CUTQ_STRICT_CPU=1)")
     rm.add_argument("--low-memory", action="store_true",
                     help="free the model's working memory after each image (small devices; a little slower)")
-    rm.add_argument("--workers", type=int, help="images in flight at once, sharing one model (default: one per core, "
-                    "at most 4; threads per image: cores / workers unless --threads)")
+    rm.add_argument("--workers", type=int, help="inferences at once, sharing one model (default: one per core, at "
+                    "most 4; threads each: cores / workers unless --threads). 1 uses the least memory")
     rm.add_argument("--no-resume", dest="resume", action="store_false",
                     help="with --out-dir: do every input again instead of skipping those an earlier run finished")
     rm.add_argument("--report", help="write one JSON line per failed input, with its reason, to this file")
@@ -78,11 +78,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _remove(args: argparse.Namespace) -> int:
     jobs = batch.plan(batch.expand_inputs(args.inputs), args.out, args.out_dir)
     options = RemoveOptions(args.only_mask, batch.parse_bgcolor(args.bgcolor), args.max_pixels, args.png_level)
-    workers = args.workers or batch.default_workers()
+    workers, config = batch.session_config(args.workers, args.threads, strict_cpu=args.strict_cpu,
+                                           low_memory=args.low_memory)
     with shown_warnings(lambda text: print(f"warning: {text}", file=sys.stderr)):
-        session = new_session(args.model, cache_dir=args.cache_dir,
-                              config=SessionConfig(threads=args.threads or max(1, batch.default_workers() // workers),
-                                                   strict_cpu=args.strict_cpu, low_memory=args.low_memory))
+        session = new_session(args.model, cache_dir=args.cache_dir, config=config)
     ledger = batch.open_ledger(jobs, args.out_dir, batch.settings_key(str(session.model.path), options), args.resume)
     bar = TextProgress("Removing backgrounds")
     count = 0
