@@ -95,3 +95,64 @@ def test_array_that_is_not_an_image(u2netp) -> None:
 def write_bad_files(folder: Path) -> None:
     for name, (data, _) in BAD.items():
         (folder / name).write_bytes(data)
+
+
+def _png_strip(width: int, height: int) -> bytes:
+    """A valid greyscale PNG of `width` x `height` zeros, its IDAT built row by row (30 Mpx is 29 kB)."""
+    import struct
+    import zlib
+
+    compressor = zlib.compressobj(9)
+    row = b"\x00" * (width + 1)
+    idat = b"".join(compressor.compress(row) for _ in range(height)) + compressor.flush()
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")
+
+
+def _jpeg_declaring(width: int, height: int) -> bytes:
+    """A real 16 x 16 JPEG whose frame header claims another size: libjpeg would pad the missing data with grey."""
+    data = bytearray(jpeg_bytes(COFFEE.resize((16, 16))))
+    sof = data.index(b"\xff\xc0")
+    data[sof + 5:sof + 9] = height.to_bytes(2, "big") + width.to_bytes(2, "big")
+    return bytes(data)
+
+
+def _ico(size: int) -> bytes:
+    buffer = io.BytesIO()
+    COFFEE.resize((size, size)).save(buffer, "ICO", sizes=[(size, size)])
+    return buffer.getvalue()
+
+
+HOSTILE = {
+    "strip.png": (lambda: _png_strip(30_000_000, 1), "a side over 32768 pixels"),
+    "tower.png": (lambda: _png_strip(1, 40_000), "a side over 32768 pixels"),
+    "padded.jpg": (lambda: _jpeg_declaring(9000, 9000), r"declares 9000x9000 pixels in \d+ bytes"),
+    "icon.ico": (lambda: _ico(64), "not an image in a format cutq reads"),
+    "scans.jpg": (lambda: jpeg_bytes(COFFEE)[:-2] + b"\xff\xda" * 300 + b"\xff\xd9", "has 301 scans"),
+}
+
+
+@pytest.mark.parametrize("name", list(HOSTILE))
+def test_hostile_headers_are_refused_before_decoding(u2netp, name: str) -> None:
+    """Each of these decoded for seconds into hundreds of MB (or, for ICO, inside Image.open) before the guards."""
+    make, reason = HOSTILE[name]
+    with pytest.raises(ImageError, match=reason) as info:
+        remove(make(), session=u2netp, source=name)
+    assert str(info.value).startswith(f"{name}: ")
+
+
+def test_the_same_kinds_within_their_limits_still_work(u2netp) -> None:
+    """The guards are limits, not bans on the shapes: a 2000 x 1 strip and a real progressive JPEG pass."""
+    assert Image.open(io.BytesIO(remove(_png_strip(2000, 1), session=u2netp))).size == (2000, 1)
+    progressive = jpeg_bytes(COFFEE, progressive=True)
+    assert Image.open(io.BytesIO(remove(progressive, session=u2netp))).size == COFFEE.size
+
+
+def test_byte_limit(u2netp) -> None:
+    data = jpeg_bytes(COFFEE)
+    with pytest.raises(ImageError, match=rf"c\.jpg: {len(data)} bytes is over the limit of 1000 \(--max-bytes\)"):
+        remove(data, session=u2netp, source="c.jpg", options=RemoveOptions(max_bytes=1000))

@@ -79,7 +79,7 @@ def _write(path: Path, text: str) -> None:
         atomic_write_bytes(path, text.encode())
     except OSError as exc:
         raise OutputError(f"{path}: cannot write ({exc.strerror or exc})") from exc
-    err.print(f"wrote {path}")
+    err.print(f"wrote {path}", markup=False)
 
 
 def _rich_table(report: BenchReport, columns: tuple[Column, ...], title: str) -> Table:

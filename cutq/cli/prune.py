@@ -167,7 +167,7 @@ def print_summary(r: PruneResult, config: PruneConfig, asked: int) -> None:
               f"residual {late.error_before:.3f} -> {late.error_after:.3f} (of the target variance)")
     elif late is not None:
         print("late upsampling: no decoder Conv saves 50 M MACs without widening its Resize; nothing moved")
-    err.print(f"{r.export.onnx_path} (+ .ort, .json)")
+    err.print(f"{r.export.onnx_path} (+ .ort, .json)", markup=False)
     for skipped in r.skipped_images:
         err.print(f"[yellow]skipped:[/yellow] {skipped}")
     if r.calibration_photos < asked:

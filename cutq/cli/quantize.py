@@ -127,7 +127,7 @@ def print_summary(results: list[QuantizeResult], target_ssim: float) -> None:
         )
     table_console().print(table)
     for r in results:
-        err.print(f"{r.export.onnx_path} (+ .ort, .json)")
+        err.print(f"{r.export.onnx_path} (+ .ort, .json)", markup=False)
         err.print(f"  float head: {', '.join(r.head) or 'none'} (side outputs and fusion: their logits set the mask)")
         if r.centered_channels:
             err.print(f"  centered: {r.centered_channels} near-constant channel(s), offset moved into the next Convs' biases")

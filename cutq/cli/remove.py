@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.markup import escape
 
 from cutq_runtime import batch, models
 from cutq_runtime.api import DEFAULT_MODEL, DEFAULT_PNG_LEVEL, RemoveOptions
@@ -15,7 +16,8 @@ from cutq_runtime.session import new_session
 from .ui import CACHE_HELP, DownloadBar, err, errors_exit, file_progress
 
 MODEL_HELP = "Variant name (u2net, u2netp, u2netp-int8, ...) or an .onnx/.ort path."
-PIXELS_HELP = "Refuse images with more pixels, a decompression-bomb guard (default 89478485)."
+PIXELS_HELP = "Refuse images with more pixels, a decompression-bomb guard (default 89478485; also CUTQ_MAX_PIXELS)."
+BYTES_HELP = "Refuse files (and stdin) over this many bytes before reading them (default 268435456; also CUTQ_MAX_BYTES)."
 PNG_HELP = "PNG compression 0-9: higher gives smaller files and takes longer; pixels are the same."
 LOW_MEMORY_HELP = ("Free the model's working memory after each image, so a large photo's cut-out does not stack on it "
                    "(small devices; a little slower per image).")
@@ -36,7 +38,8 @@ def remove(
     only_mask: Annotated[bool, typer.Option("--only-mask", help="Write the 8-bit mask instead of the cut-out.")] = False,
     bgcolor: Annotated[str | None, typer.Option("--bgcolor", help="Flatten onto R,G,B,A instead of transparency.")] = None,
     threads: Annotated[int | None, typer.Option("--threads", help="onnxruntime threads (default: all cores).")] = None,
-    max_pixels: Annotated[int | None, typer.Option("--max-pixels", help=PIXELS_HELP)] = None,
+    max_pixels: Annotated[int | None, typer.Option("--max-pixels", min=1, help=PIXELS_HELP)] = None,
+    max_bytes: Annotated[int | None, typer.Option("--max-bytes", min=1, help=BYTES_HELP)] = None,
     png_level: Annotated[int, typer.Option("--png-level", min=0, max=9, help=PNG_HELP)] = DEFAULT_PNG_LEVEL,
     cache_dir: Annotated[Path | None, typer.Option("--cache-dir", help=CACHE_HELP)] = None,
     strict_cpu: Annotated[bool, typer.Option("--strict-cpu", help=STRICT_HELP)] = False,
@@ -54,13 +57,13 @@ def remove(
         if engine not in ("local", "ray"):
             raise CutqError(f"--engine '{engine}': expected local or ray")
         jobs = batch.plan(batch.expand_inputs(inputs), out, out_dir)
-        options = RemoveOptions(only_mask, batch.parse_bgcolor(bgcolor), max_pixels, png_level)
+        options = RemoveOptions(only_mask, batch.parse_bgcolor(bgcolor), max_pixels, png_level, max_bytes)
         workers, session_config = batch.session_config(workers, threads, strict_cpu=strict_cpu, low_memory=low_memory)
         download = DownloadBar(f"Downloading {model}")
         if engine == "ray":  # the actors load the model; the driver only needs its file, for the ledger's key
             session, model_path = None, models.resolve(model, models.cache_dir(cache_dir), progress=download).path
         else:
-            with shown_warnings(lambda text: err.print(f"[yellow]warning:[/yellow] {text}", markup=True, highlight=False)):
+            with shown_warnings(lambda text: err.print(f"[yellow]warning:[/yellow] {escape(text)}", highlight=False)):
                 session = new_session(model, cache_dir=cache_dir, progress=download, config=session_config)
             model_path = session.model.path
         ledger = batch.open_ledger(jobs, out_dir, batch.settings_key(str(model_path), options), resume)
@@ -69,7 +72,7 @@ def remove(
 
         def report(job: batch.Job, error: str | None) -> None:
             if error:
-                progress.console.print(f"[red]error:[/red] {error}", highlight=False)
+                progress.console.print(f"[red]error:[/red] {escape(error)}", highlight=False)
             progress.advance(task)
 
         try:
@@ -94,7 +97,7 @@ def remove(
 def _summary(result: batch.BatchResult, total: int, out_dir: str | None) -> None:
     if out_dir and total > 1:
         skipped = f", {len(result.skipped)} already done (skipped)" if result.skipped else ""
-        err.print(f"{len(result.done)} cut-outs written to {out_dir}{skipped}, {len(result.failed)} failed")
+        err.print(f"{len(result.done)} cut-outs written to {out_dir}{skipped}, {len(result.failed)} failed", markup=False)
     if result.failed:
         err.print(f"{len(result.failed)} of {total} failed")
         raise typer.Exit(1)

@@ -8,6 +8,7 @@ from collections.abc import Iterator
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import (
     BarColumn,
     DownloadColumn,
@@ -21,7 +22,7 @@ from rich.progress import (
 
 from cutq_runtime.errors import CutqError
 
-err = Console(stderr=True)
+err = Console(stderr=True, soft_wrap=True)  # one line per message, even in a log file 80 columns would wrap
 
 
 def table_console() -> Console:
@@ -36,7 +37,7 @@ def errors_exit(code: int = 2) -> Iterator[None]:
     try:
         yield
     except CutqError as exc:
-        err.print(f"[red]error:[/red] {exc}", markup=True, highlight=False)
+        err.print(f"[red]error:[/red] {escape(str(exc))}", highlight=False)
         raise typer.Exit(code) from None
 
 
@@ -45,7 +46,8 @@ class DownloadBar:
 
     def __init__(self, label: str) -> None:
         self.progress = Progress(
-            TextColumn(label), BarColumn(), DownloadColumn(), TransferSpeedColumn(), TimeRemainingColumn(),
+            TextColumn(escape(label).replace("{", "{{").replace("}", "}}")),  # a model path may hold [ ] or { }
+            BarColumn(), DownloadColumn(), TransferSpeedColumn(), TimeRemainingColumn(),
             console=err, transient=True, disable=not sys.stderr.isatty(),
         )
         self.task: TaskID | None = None

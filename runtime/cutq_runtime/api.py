@@ -33,6 +33,7 @@ class RemoveOptions:
     bgcolor: Bgcolor | None = None
     max_pixels: int | None = None
     png_compress_level: int = DEFAULT_PNG_LEVEL
+    max_bytes: int | None = None  # files and stdin over this are refused unread (default: images.max_bytes_default)
 
 
 _default_sessions: dict[str, Session] = {}
@@ -76,6 +77,9 @@ def remove(data, session=None, only_mask=False, bgcolor=None, *, source="<input>
     opts = options or RemoveOptions(only_mask=only_mask, bgcolor=tuple(bgcolor) if bgcolor else None)
     session = session or default_session()
     if isinstance(data, (bytes, bytearray, memoryview)):
+        limit = opts.max_bytes or images.max_bytes_default()
+        if len(data) > limit:
+            raise ImageError(source, f"{len(data)} bytes is over the limit of {limit} (--max-bytes)", "too_large")
         result = cut(images.decode(bytes(data), source, opts.max_pixels), session, opts)
         return images.encode_png(result, opts.png_compress_level)  # the decoded photo is freed before encoding
     if isinstance(data, Image.Image):

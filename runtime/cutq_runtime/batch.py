@@ -16,16 +16,19 @@ import glob
 import hashlib
 import json
 import os
+import stat
 import sys
 from collections.abc import Callable, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import BinaryIO
 
+from . import images
 from . import ledger as ledgers
 from .api import RemoveOptions, remove
 from .cpu import usable_cores
-from .errors import CutqError, OutputError
+from .errors import CutqError, ImageError, OutputError
 from .fsutil import atomic_write_bytes
 from .session import Session, SessionConfig
 
@@ -62,18 +65,23 @@ def settings_key(model: str, options: RemoveOptions) -> str:
 
 
 def expand_inputs(patterns: Sequence[str]) -> list[str]:
-    """Files as given, globs expanded, folders to their image files (sorted, not recursive); `-` kept."""
+    """Files as given, globs expanded, folders to their image files (sorted, not recursive); `-` kept.
+
+    A name that exists is taken as it is, even with glob characters (`glob_[1].png`). A pattern that matches
+    nothing and a folder that cannot be listed stay in the list as they are, so that reading them fails with
+    the reason, named, while the other inputs go on."""
     found: list[str] = []
     for pattern in patterns:
-        if pattern == STDIO:
-            found.append(STDIO)
+        if pattern == STDIO or (os.path.lexists(pattern) and not os.path.isdir(pattern)):
+            found.append(pattern)
         elif os.path.isdir(pattern):
-            found += sorted(str(p) for p in Path(pattern).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+            try:
+                found += sorted(str(p) for p in Path(pattern).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+            except OSError:
+                found.append(pattern)
         elif glob.has_magic(pattern):
-            matches = sorted(glob.glob(pattern, recursive=True))
-            if not matches:
-                raise CutqError(f"{pattern}: no file matches")
-            found += [m for m in matches if os.path.isfile(m)]
+            matches = sorted(m for m in glob.glob(pattern, recursive=True) if os.path.isfile(m))
+            found += matches or [pattern]
         else:
             found.append(pattern)
     seen: set[str] = set()
@@ -92,7 +100,12 @@ def plan(inputs: Sequence[str], out: str | None, out_dir: str | None) -> list[Jo
         jobs = [Job(inputs[0], out)]
     else:
         assert out_dir is not None
-        os.makedirs(out_dir, exist_ok=True)
+        if os.path.lexists(out_dir) and not os.path.isdir(out_dir):
+            raise OutputError(f"--out-dir {out_dir}: is a file, not a folder")
+        try:
+            os.makedirs(out_dir, exist_ok=True)
+        except OSError as exc:
+            raise OutputError(f"--out-dir {out_dir}: cannot make that folder ({exc.strerror or exc})") from exc
         jobs = [Job(src, os.path.join(out_dir, f"{'stdin' if src == STDIO else Path(src).stem}.png")) for src in inputs]
     sources = {os.path.realpath(j.source) for j in jobs if j.source != STDIO}
     targets: dict[str, str] = {}
@@ -159,8 +172,11 @@ def _run_one(job: Job, session: Session, options: RemoveOptions, ledger: ledgers
 def process_one(job: Job, session: Session, options: RemoveOptions, ledger: ledgers.Ledger | None = None) -> str | None:
     """Read, cut out and write one job; the error message, or None. Never raises: one odd file must not stop a run."""
     try:
-        stamp = ledgers.fingerprint(job.source) if ledger is not None and job.source != STDIO else None
-        data = sys.stdin.buffer.read() if job.source == STDIO else _read(job.source)
+        limit = options.max_bytes or images.max_bytes_default()
+        if job.source == STDIO:
+            stamp, data = None, read_capped(sys.stdin.buffer, "stdin", limit)
+        else:
+            stamp, data = read_input(job.source, limit)
         png = remove(data, session, source=job.source, options=options)
         if job.target == STDIO:
             sys.stdout.buffer.write(png)
@@ -173,17 +189,60 @@ def process_one(job: Job, session: Session, options: RemoveOptions, ledger: ledg
         return str(exc)
     except OSError as exc:
         return f"{job.target if job.target != STDIO else job.source}: {exc.strerror or exc}"
+    except MemoryError:
+        return f"{job.source}: out of memory (lower --max-pixels, or use --workers 1)"
     except Exception as exc:  # noqa: BLE001 - one odd file must not stop a folder run
         return f"{job.source}: unexpected {type(exc).__name__}: {exc}"
     return None
 
 
-def _read(path: str) -> bytes:
+_KINDS = ((stat.S_ISFIFO, "a FIFO"), (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
+          (stat.S_ISSOCK, "a socket"), (stat.S_ISDIR, "a folder"))
+
+
+def read_input(path: str, limit: int) -> tuple[str, bytes]:
+    """A regular file's fingerprint and bytes, at most `limit` of them. Anything else is refused before it is
+    opened (a FIFO would block the run forever, /dev/zero never ends); the file is then opened non-blocking and
+    checked again, in case it was swapped for one between the two looks."""
     try:
-        with open(path, "rb") as handle:
-            return handle.read()
+        info = os.stat(path)
+    except OSError as exc:
+        reason = "no file matches this pattern" if glob.has_magic(path) and not os.path.lexists(path) else exc.strerror
+        raise CutqError(f"{path}: cannot read ({reason or exc})") from exc
+    _require_regular(path, info)
+    if info.st_size > limit:
+        raise ImageError(path, f"{info.st_size} bytes is over the limit of {limit} (--max-bytes)", "too_large")
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_NOCTTY", 0))
     except OSError as exc:
         raise CutqError(f"{path}: cannot read ({exc.strerror or exc})") from exc
+    with os.fdopen(fd, "rb") as handle:
+        opened = os.fstat(handle.fileno())
+        _require_regular(path, opened)
+        return ledgers.stamp_of(opened), read_capped(handle, path, limit)
+
+
+def _require_regular(path: str, info: os.stat_result) -> None:
+    if stat.S_ISREG(info.st_mode):
+        return
+    kind = next((name for test, name in _KINDS if test(info.st_mode)), "not a regular file")
+    if kind == "a folder":
+        try:
+            os.listdir(path)
+        except OSError as exc:
+            raise CutqError(f"{path}: a folder cutq cannot list ({exc.strerror or exc})") from exc
+    raise ImageError(path, f"is {kind}, not a file; only regular files are read", "not_image")
+
+
+def read_capped(handle: BinaryIO, source: str, limit: int) -> bytes:
+    """At most `limit` bytes from a stream; `ImageError` if there are more (an endless pipe ends here)."""
+    try:
+        data = handle.read(limit + 1)
+    except OSError as exc:
+        raise CutqError(f"{source}: cannot read ({exc.strerror or exc})") from exc
+    if len(data) > limit:
+        raise ImageError(source, f"more than {limit} bytes, over the limit (--max-bytes)", "too_large")
+    return data
 
 
 def parse_bgcolor(text: str | None, label: str = "--bgcolor") -> tuple[int, int, int, int] | None:

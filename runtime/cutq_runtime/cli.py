@@ -17,6 +17,12 @@ from .progress import TextProgress
 from .session import new_session
 
 
+def _positive(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive whole number, not '{text}'")
+    return int(text)
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m cutq_runtime", description="U²-Net background removal on CPU.")
     common = argparse.ArgumentParser(add_help=False)
@@ -31,15 +37,17 @@ def _parser() -> argparse.ArgumentParser:
     rm.add_argument("-m", "--model", default=DEFAULT_MODEL, help="variant name or .onnx/.ort path (default: u2net)")
     rm.add_argument("--only-mask", action="store_true", help="write the 8-bit mask instead of the cut-out")
     rm.add_argument("--bgcolor", help="flatten onto R,G,B,A instead of transparency")
-    rm.add_argument("--threads", type=int, help="onnxruntime intra-op threads (default: all cores)")
-    rm.add_argument("--max-pixels", type=int, help="refuse larger images (default: 89478485)")
+    rm.add_argument("--threads", type=_positive, help="onnxruntime intra-op threads (default: all cores)")
+    rm.add_argument("--max-pixels", type=_positive, help="refuse larger images (default: 89478485, or CUTQ_MAX_PIXELS)")
+    rm.add_argument("--max-bytes", type=_positive,
+                    help="refuse files and stdin over this many bytes, unread (default: 268435456, or CUTQ_MAX_BYTES)")
     rm.add_argument("--png-level", type=int, default=DEFAULT_PNG_LEVEL, choices=range(10), metavar="0-9",
                     help=f"PNG compression: higher is smaller and slower (default: {DEFAULT_PNG_LEVEL})")
     rm.add_argument("--strict-cpu", action="store_true",
                     help="refuse a model this CPU may compute wrong masks with, instead of warning (or CUTQ_STRICT_CPU=1)")
     rm.add_argument("--low-memory", action="store_true",
                     help="free the model's working memory after each image (small devices; a little slower)")
-    rm.add_argument("--workers", type=int, help="inferences at once, sharing one model (default: one per core, at "
+    rm.add_argument("--workers", type=_positive, help="inferences at once, sharing one model (default: one per core, at "
                     "most 4; threads each: cores / workers unless --threads). 1 uses the least memory")
     rm.add_argument("--no-resume", dest="resume", action="store_false",
                     help="with --out-dir: do every input again instead of skipping those an earlier run finished")
@@ -77,7 +85,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _remove(args: argparse.Namespace) -> int:
     jobs = batch.plan(batch.expand_inputs(args.inputs), args.out, args.out_dir)
-    options = RemoveOptions(args.only_mask, batch.parse_bgcolor(args.bgcolor), args.max_pixels, args.png_level)
+    options = RemoveOptions(args.only_mask, batch.parse_bgcolor(args.bgcolor), args.max_pixels, args.png_level,
+                           args.max_bytes)
     workers, config = batch.session_config(args.workers, args.threads, strict_cpu=args.strict_cpu,
                                            low_memory=args.low_memory)
     with shown_warnings(lambda text: print(f"warning: {text}", file=sys.stderr)):

@@ -15,15 +15,24 @@ from pathlib import Path
 from typing import BinaryIO
 
 _CHUNK = 1 << 20
+NAME_MAX = 255  # bytes in one file name on Linux, macOS and Windows file systems
 _UMASK = os.umask(0o022)
 os.umask(_UMASK)
+
+
+def temp_prefix(name: str, room: int) -> str:
+    """`.name`, the start of a temp file's name beside `name`, or a hash of it when `room` more bytes would pass
+    the file-name limit: an output named near 255 bytes must not fail for its temp file's sake."""
+    if len(name.encode()) + 1 + room <= NAME_MAX:
+        return f".{name}"
+    return f".{hashlib.sha256(name.encode()).hexdigest()[:16]}"
 
 
 @contextlib.contextmanager
 def atomic_writer(path: str | os.PathLike[str]) -> Iterator[BinaryIO]:
     """Open a temp file beside `path`; rename it over `path` only if the block finishes without error."""
     target = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".part", dir=target.parent)
+    fd, tmp = tempfile.mkstemp(prefix=temp_prefix(target.name, 14) + ".", suffix=".part", dir=target.parent)
     try:
         os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp creates 0600; results should get the usual permissions
         with os.fdopen(fd, "wb") as handle:

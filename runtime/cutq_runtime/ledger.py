@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import OutputError
+from .fsutil import temp_prefix
 
 LEDGER_NAME = ".cutq-ledger.jsonl"
 TEMP_SUFFIX = ".cutq-part"
@@ -30,13 +31,16 @@ TEMP_SUFFIX = ".cutq-part"
 
 def fingerprint(path: str) -> str:
     """Size and modification time: a changed input is done again."""
-    stat = os.stat(path)
-    return f"{stat.st_size}:{stat.st_mtime_ns}"
+    return stamp_of(os.stat(path))
+
+
+def stamp_of(info: os.stat_result) -> str:
+    return f"{info.st_size}:{info.st_mtime_ns}"
 
 
 def temp_path(target: str) -> str:
     folder, name = os.path.split(target)
-    return os.path.join(folder, f".{name}{TEMP_SUFFIX}")
+    return os.path.join(folder, temp_prefix(name, len(TEMP_SUFFIX)) + TEMP_SUFFIX)
 
 
 def write_temp(target: str, data: bytes) -> str:
