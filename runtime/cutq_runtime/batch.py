@@ -12,13 +12,15 @@ a folder of any size. With a
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import hashlib
 import json
 import os
 import stat
 import sys
-from collections.abc import Callable, Sequence
+import threading
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -145,6 +147,7 @@ def run(jobs: Sequence[Job], session: Session, options: RemoveOptions,
             on_result(job, error)
 
     in_flight = 1 if len(todo) <= 1 else max(2, workers)
+    budget = PixelBudget(PAIR_PIXELS) if workers == 1 else None
     if in_flight == 1:
         for job in todo:
             finish(job, _run_one(job, session, options, ledger))
@@ -156,28 +159,58 @@ def run(jobs: Sequence[Job], session: Session, options: RemoveOptions,
                 finished, _ = wait(pending, return_when=FIRST_COMPLETED)
                 for future in finished:
                     finish(pending.pop(future), future.result())
-            pending[pool.submit(_run_one, job, session, options, ledger)] = job
+            pending[pool.submit(_run_one, job, session, options, ledger, budget)] = job
         for future in list(pending):
             finish(pending.pop(future), future.result())
     return result
 
 
-def _run_one(job: Job, session: Session, options: RemoveOptions, ledger: ledgers.Ledger | None = None) -> str | None:
-    error = process_one(job, session, options, ledger)
+PAIR_PIXELS = 4_000_000
+"""With one worker, a second photo is decoded beside the one in the model only if both together have at most
+this many pixels: two davis-size (0.4 MP) photos overlap, a 12 MP photo is alone. Each megapixel in flight
+holds about 10 MB (RGB, mask, RGBA and PNG), so the pair stays within about 1.1x one cut-out's memory."""
+
+
+class PixelBudget:
+    """At most `limit` decoded pixels in flight; one photo always fits, however large."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit, self.used = limit, 0
+        self._changed = threading.Condition()
+
+    @contextlib.contextmanager
+    def hold(self, pixels: int) -> Iterator[None]:
+        with self._changed:  # a waiting thread holds nothing, so the holders always finish and wake it
+            self._changed.wait_for(lambda: self.used == 0 or self.used + pixels <= self.limit)
+            self.used += pixels
+        try:
+            yield
+        finally:
+            with self._changed:
+                self.used -= pixels
+                self._changed.notify_all()
+
+
+def _run_one(job: Job, session: Session, options: RemoveOptions, ledger: ledgers.Ledger | None = None,
+             budget: PixelBudget | None = None) -> str | None:
+    error = process_one(job, session, options, ledger, budget)
     if error is not None and ledger is not None and job.source != STDIO:
         ledger.fail(job.source, job.target, error)
     return error
 
 
-def process_one(job: Job, session: Session, options: RemoveOptions, ledger: ledgers.Ledger | None = None) -> str | None:
-    """Read, cut out and write one job; the error message, or None. Never raises: one odd file must not stop a run."""
+def process_one(job: Job, session: Session, options: RemoveOptions, ledger: ledgers.Ledger | None = None,
+                budget: PixelBudget | None = None) -> str | None:
+    """Read, cut out and write one job; the error message, or None. Never raises: one odd file must not stop a run.
+    With a `budget`, the photo waits until its pixels fit beside the others in flight."""
     try:
         limit = options.max_bytes or images.max_bytes_default()
         if job.source == STDIO:
             stamp, data = None, read_capped(sys.stdin.buffer, "stdin", limit)
         else:
             stamp, data = read_input(job.source, limit)
-        png = remove(data, session, source=job.source, options=options)
+        with budget.hold(images.header_pixels(data)) if budget else contextlib.nullcontext():
+            png = remove(data, session, source=job.source, options=options)
         if job.target == STDIO:
             sys.stdout.buffer.write(png)
             sys.stdout.buffer.flush()

@@ -90,6 +90,15 @@ def decode(data: bytes, source: str, max_pixels: int | None = None) -> Image.Ima
     return prepare(img, source, limit, owned=True)
 
 
+def header_pixels(data: bytes) -> int:
+    """Width x height from the header alone (0 if unreadable: `decode` will say why)."""
+    try:
+        with Image.open(io.BytesIO(data), formats=FORMATS) as img:
+            return img.size[0] * img.size[1]
+    except Exception:  # noqa: BLE001 - any failure here is reported by decode, with its reason
+        return 0
+
+
 def prepare(img: Image.Image, source: str, max_pixels: int | None = None, *, owned: bool = False) -> Image.Image:
     """Apply EXIF orientation (as rembg does) and bring odd modes to ones the pipeline handles.
 
