@@ -164,3 +164,19 @@ def test_unknown_source_setting_is_reported(monkeypatch) -> None:
     monkeypatch.setenv("CUTQ_MODEL_SOURCES", "ftp")
     with pytest.raises(ModelError, match="unknown source"):
         FetchConfig.from_env()
+
+
+def test_a_bare_name_means_the_cache_never_a_file_in_the_working_directory(
+        tmp_path: Path, cache: Path, u2netp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A stray file called `u2netp` in the working directory must not take over `-m u2netp`; `./u2netp` names it."""
+    monkeypatch.chdir(tmp_path)
+    Path("u2netp").write_bytes(b"not a model")
+    assert models.resolve("u2netp", cache, pull_missing=False).path == u2netp_path
+    assert models.resolve("./u2netp", cache, pull_missing=False).path.resolve() == (tmp_path / "u2netp").resolve()
+    with pytest.raises(ModelError, match=r"^u2netp: not a loadable ONNX model"):
+        new_session("./u2netp", cache_dir=cache)
+    with pytest.raises(ModelError, match=r"absent: no such model file"):
+        models.resolve("./absent", cache)
+    assert not any(map(models.looks_like_path, ["u2netp", "u2netp-int8", "my.variant"]))
+    assert all(map(models.looks_like_path, ["./u2netp", "~/u2netp", "u2netp.onnx", "u2netp.ort", "models/u2netp",
+                                            Path("u2netp")]))

@@ -2,7 +2,8 @@
 
 Layout of the cache (`CUTQ_HOME`, default `~/.cache/cutq`): `<name>.onnx` (or `.ort`) with a
 `<name>.json` manifest beside every file that is not a released model. The flat layout means
-`U2NET_HOME=<cache>` also lets rembg reuse cutq's downloads.
+`U2NET_HOME=<cache>` also lets rembg reuse cutq's downloads. Manifests are checked against
+`manifest.schema.json` (see `manifest`) before anything reads them.
 """
 
 from __future__ import annotations
@@ -18,6 +19,8 @@ from typing import Any
 from . import cpu
 from .errors import ChecksumError, ModelError
 from .fsutil import atomic_writer, file_digest
+from .manifest import load as load_manifest
+from .manifest import parse as parse_manifest
 from .progress import ProgressFn, TextProgress
 from .provision import FetchConfig, fetch
 from .registry import REGISTRY, InputSpec, ModelSpec, get_spec
@@ -71,23 +74,17 @@ def manifest_path(model_path: Path) -> Path:
 
 
 def read_manifest(model_path: Path) -> dict[str, Any] | None:
-    """The JSON manifest beside a model file, or None when there is none."""
+    """The manifest beside a model file, checked against the schema (`ModelError` naming the field), or None."""
     path = manifest_path(model_path)
     if not path.is_file():
         return None
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError) as exc:
-        raise ModelError(f"{path}: unreadable manifest ({exc})") from exc
-    if not isinstance(data, dict):
-        raise ModelError(f"{path}: manifest is not a JSON object")
-    return data
+    return load_manifest(path)
 
 
 def input_spec_from(manifest: dict[str, Any] | None) -> InputSpec:
-    """The input convention a manifest records; U²-Net's own when it records none."""
+    """The input convention a checked manifest records; U²-Net's own when it records none."""
     raw = (manifest or {}).get("input")
-    if not raw:
+    if raw is None:
         return InputSpec()
     return InputSpec(size=tuple(raw["size"]), mean=tuple(raw["mean"]), std=tuple(raw["std"]))  # type: ignore[arg-type]
 
@@ -151,8 +148,14 @@ def _variant_file(name: str, cache: Path) -> Path | None:
 
 
 def looks_like_path(model: str | os.PathLike[str]) -> bool:
-    text = str(model)
-    return text.endswith(MODEL_SUFFIXES) or os.sep in text or "/" in text or Path(text).is_file()
+    """Whether `model` names a file rather than a model in the cache, judged by its form alone.
+
+    What happens to exist in the working directory must not decide: a stray file called `u2netp` there would
+    otherwise take over `-m u2netp`. A path contains a separator, starts with `.` or `~`, or ends in .onnx or
+    .ort (`./u2netp` names that file); a `Path` object is a path by the caller's choice."""
+    if not isinstance(model, str):
+        return True
+    return model.endswith(MODEL_SUFFIXES) or model.startswith((".", "~")) or any(sep in model for sep in ("/", "\\"))
 
 
 def resolve(model: str | os.PathLike[str], cache: Path | None = None, *, pull_missing: bool = True,
@@ -197,7 +200,11 @@ def list_models(cache: Path | None = None) -> list[ModelInfo]:
         for path in sorted(cache.iterdir()):  # `.onnx` sorts before `.ort`: one row per variant, the .onnx file
             if path.suffix in MODEL_SUFFIXES and path.stem not in seen and not path.name.startswith("."):
                 seen.add(path.stem)
-                manifest = read_manifest(path) or {}
+                try:
+                    manifest = read_manifest(path) or {}
+                except ModelError as exc:  # reported like a bad release copy: one broken file must not hide the rest
+                    print(f"cutq: warning: {exc}; not listed", file=sys.stderr)
+                    continue
                 rows.append(ModelInfo(path.stem, "variant", path, path.stat().st_size, str(manifest.get("description", "")),
                                       cpu.portability(manifest), cpu.claim_problem(manifest, path) is None))
     return rows
@@ -242,8 +249,13 @@ def import_model(file: str | os.PathLike[str], name: str, cache: Path | None = N
 
 
 def write_manifest(model_path: Path, manifest: dict[str, Any]) -> Path:
-    """Write the manifest beside a model, atomically, with sorted keys so it is byte-for-byte reproducible."""
+    """Write the manifest beside a model, atomically, with sorted keys so it is byte-for-byte reproducible.
+
+    The bytes are checked as the runtime will read them first: a manifest it would refuse is a bug in its
+    writer, found here rather than when someone loads the variant."""
     path = manifest_path(model_path)
+    data = (json.dumps(manifest, indent=2, sort_keys=True) + "\n").encode()
+    parse_manifest(data, str(path))
     with atomic_writer(path) as handle:
-        handle.write((json.dumps(manifest, indent=2, sort_keys=True) + "\n").encode())
+        handle.write(data)
     return path
