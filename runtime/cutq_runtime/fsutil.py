@@ -23,9 +23,10 @@ os.umask(_UMASK)
 def temp_prefix(name: str, room: int) -> str:
     """`.name`, the start of a temp file's name beside `name`, or a hash of it when `room` more bytes would pass
     the file-name limit: an output named near 255 bytes must not fail for its temp file's sake."""
-    if len(name.encode()) + 1 + room <= NAME_MAX:
+    raw = os.fsencode(name)  # the bytes on disk: a name that is not valid UTF-8 round-trips through surrogates
+    if len(raw) + 1 + room <= NAME_MAX:
         return f".{name}"
-    return f".{hashlib.sha256(name.encode()).hexdigest()[:16]}"
+    return f".{hashlib.sha256(raw).hexdigest()[:16]}"
 
 
 @contextlib.contextmanager

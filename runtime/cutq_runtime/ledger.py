@@ -75,13 +75,13 @@ class Ledger:
             self.path.unlink()
         self._cut_torn_line()
         try:
-            self._handle = open(self.path, "a", encoding="utf-8")  # noqa: SIM115  (held for the run's appends)
+            self._handle = open(self.path, "a", encoding="utf-8", errors="surrogateescape")  # noqa: SIM115  (held for the run's appends)
         except OSError as exc:
             raise OutputError(f"{self.path}: cannot write the resume ledger ({exc.strerror or exc})") from exc
 
     def _read(self) -> dict[str, Record]:
         records: dict[str, Record] = {}
-        with contextlib.suppress(FileNotFoundError), open(self.path, encoding="utf-8") as handle:
+        with contextlib.suppress(FileNotFoundError), open(self.path, encoding="utf-8", errors="surrogateescape") as handle:
             for line in handle:
                 try:
                     record = Record(**json.loads(line))
