@@ -2,7 +2,9 @@
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-STAMP := $(VENV)/.installed
+# One stamp per set of extras, so `make setup EXTRAS=dev,ray` installs the extra into an existing .venv.
+STAMP = $(VENV)/.installed-$(subst $(comma),-,$(EXTRAS))
+comma := ,
 # Optional extras beside the dev tools; CI adds `train` (torch, CPU build) and `ray` so the fine-tune and Ray
 # engine tests run too (without them those tests are skipped).
 EXTRAS ?= dev
@@ -12,7 +14,7 @@ EXTRAS ?= dev
 DAVIS := ../shared/data/davis-val
 CALIB ?= $(if $(wildcard $(DAVIS)/images),$(DAVIS),calibration_data)
 
-.PHONY: setup quantize demo test lint bench bench-e2e clean
+.PHONY: setup quantize demo test lint bench bench-e2e clean cli-docs
 
 setup: $(STAMP)  ## create .venv with cutq, cutq-runtime (editable) and the dev tools
 
@@ -36,6 +38,9 @@ test: setup  ## run the test suite (pulls u2netp and u2net into the model cache 
 
 lint: setup
 	$(BIN)/ruff check .
+
+cli-docs: setup  ## regenerate docs/cli.md from the commands' --help (tests/test_cli_docs.py checks it is current)
+	$(BIN)/python tools/cli_docs.py
 
 bench: setup  ## every variant in one run (tables + bench-results/), then the hot-path suites vs the saved baseline
 	$(BIN)/cutq bench --all --json bench-results/bench.json --markdown bench-results/bench.md --html bench-results/bench.html

@@ -90,8 +90,8 @@ def _check(student: onnx.ModelProto, teacher: onnx.ModelProto, images: Sequence[
         raise ModelError(f"student has {len(student.graph.output)} outputs, teacher {len(teacher.graph.output)}")
     if config.side_weights and len(config.side_weights) != len(student.graph.output):
         raise CutqError(f"side_weights has {len(config.side_weights)} entries for {len(student.graph.output)} outputs")
-    if config.epochs < 0 or config.batch_size < 1 or config.lr <= 0:
-        raise CutqError("epochs must be >= 0, batch_size >= 1 and lr > 0")
+    if config.epochs < 0 or config.batch_size < 1 or config.lr <= 0 or config.threads < 0:
+        raise CutqError("`epochs` must be >= 0, `batch_size` >= 1, `lr` > 0 and `threads` >= 0")
 
 
 def _teacher_samples(teacher: onnx.ModelProto, images: Sequence[np.ndarray], config: FinetuneConfig) -> _Samples:

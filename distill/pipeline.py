@@ -38,6 +38,10 @@ class FinetuneJob:
     keep_worse: bool = False  # write the result even when the held-out masks got worse
     config: FinetuneConfig = field(default_factory=FinetuneConfig)
 
+    def __post_init__(self) -> None:
+        if self.train_count < 1 or self.verify_count < 1:
+            raise CutqError(f"`train_count` and `verify_count` must be >= 1, got {self.train_count} and {self.verify_count}")
+
 
 @dataclass(frozen=True)
 class FinetuneResult:
@@ -75,7 +79,7 @@ def run(job: FinetuneJob, progress: Callable[[StepInfo], None] = lambda info: No
     if after.ssim_mean < before.ssim_mean and not job.keep_worse:
         raise CutqError(f"fine-tuning made the held-out masks worse (SSIM mean {before.ssim_mean:.4f} -> "
                         f"{after.ssim_mean:.4f}, min {before.ssim_min:.4f} -> {after.ssim_min:.4f}); nothing written. "
-                        "Try a lower --lr or more --train-count photos (--keep-worse writes it anyway)")
+                        "Try a lower `lr` or more `train_count` photos (`keep_worse` writes it anyway)")
     manifest = {
         "name": out.stem,
         "description": f"{student_ref.name} fine-tuned toward {teacher_ref.name}, SSIM mean {after.ssim_mean:.3f}",

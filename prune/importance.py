@@ -10,12 +10,10 @@ is a small class, not a change to the pruner. Two are provided:
   std(x_c) · ‖W[:, c]‖₂ summed over the consuming Convs; the right measure once the pruner compensates the
   mean of what it removes. It sees what the weights alone cannot: channels that are constant or rarely active.
 
-A reconstruction-aware criterion was measured and left out. It removed channels greedily by how much each
-consumer's least-squares refit error grows (Optimal Brain Surgeon on the consumers' damped Grams, in the
-style of ThiNet). Mask SSIM mean against FP32 on 16 held-out davis-val photos, ratio 0.5, 16 calibration
-photos: u2netp 0.894-0.912 (1, 4 or 8 greedy rounds, each consumer's error normalised or not) against 0.919
-with `activation`; u2net 0.9466 against 0.9465, at three times the pruning time.
-A lower refit error per layer did not give better masks.
+`cutq prune` uses `activation`; `Magnitude` stays for Python callers and tests that need a criterion without
+calibration photos. A reconstruction-aware criterion (removing channels greedily by how much each consumer's
+refit error grows, in the style of ThiNet) was measured and left out: a lower refit error per layer did not
+give better masks.
 """
 
 from __future__ import annotations
@@ -86,10 +84,6 @@ class Activation:
 
 
 CRITERIA = ("l1", "l2", "activation")
-
-
-def needs_moments(name: str) -> bool:
-    return name == "activation"
 
 
 def criterion(name: str, moments: Mapping[str, Moments] | None = None) -> Importance:

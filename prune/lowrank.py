@@ -1,10 +1,9 @@
 """Low-rank factorisation of U²-Net's wide Convs, where its parameters are.
 
 Most of u2net's parameters sit in a few dozen 3x3 Convs of 256-1024 channels at 10x10 to 40x40; most of its
-MACs sit in the narrow Convs at 80x80 to 320x320. Removing channels is a poor way to shrink the wide Convs:
-their output maps are highly redundant (on 70 photos, 60% of the principal axes of each of them hold 96-100%
-of its output variance), but no single channel can go without losing what only it carries. So the wide Convs
-keep every channel and are factored instead (Zhang et al. 2015, "Accelerating Very Deep Convolutional
+MACs sit in the Convs of narrow groups at 80x80 to 320x320. Removing channels is a poor way to shrink the wide
+Convs: their output maps are highly redundant, but no single channel can go without losing what only it
+carries. So the wide Convs keep every channel and are factored instead (Zhang et al. 2015, "Accelerating Very Deep Convolutional
 Networks"): with P the top-r principal axes of the Conv's output Y over calibration photos and μ its mean,
 
     Y ≈ μ + P Pᵀ (Y − μ)   =   Conv1x1[P, μ]( Convkxk[Pᵀ W, Pᵀ (b − μ)](X) )
@@ -13,9 +12,10 @@ a kxk Conv to r channels, then a 1x1 Conv back to all of them, with C·Cin·k² 
 Nothing is fitted by gradient descent; P comes from one eigendecomposition per Conv. The ranks are chosen
 together: starting from the largest rank that saves anything, the rank that loses the least output variance
 (as a fraction of each Conv's own) per parameter saved is lowered, 16 at a time, until the model has no more
-than the parameters asked for. On u2net at 50% of the parameters, mask SSIM mean against FP32 u2net on 71
-photos of other scenes was 0.970 with the narrow groups untouched (70 photos for the statistics) and 0.971 with
-`cutq prune`'s defaults, where removing channels everywhere gave 0.953.
+than the parameters asked for.
+
+This "output" method was `cutq prune`'s default until the separable factoring (`separable`) gave better masks
+for fewer MACs; it stays reachable from Python (`LowRankConfig(method="output")`).
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ from .pruner import replace_convs
 
 METHODS = ("separable", "output")
 UNREACHABLE = ("the requested ratio needs more parameters removed than factoring the wide Convs can give; "
-               "raise --narrow-fraction or use --no-factor")
+               "raise `narrow_fraction` or lower `ratio`")
 
 
 @dataclass(frozen=True)
@@ -50,9 +50,8 @@ class LowRankConfig:
     `min_outputs` output channels becomes a 3x1 and a 1x3 Conv, all keeping the one share of their weights that
     meets the parameter ratio. With "output" (this module), Convs of at least `min_weights` weights that read no
     removed channel are factored by their outputs to meet the ratio; the output statistics are measured on up to
-    `images` calibration photos: they are cheap (one forward pass each) and more photos gave better axes (16:
-    0.966, 70: 0.970). Ranks are multiples of `multiple` either way (ONNX Runtime's INT8 Conv works on blocks of
-    16 channels).
+    `images` calibration photos: they are cheap (one forward pass each) and more photos gave better axes. Ranks
+    are multiples of `multiple` either way (ONNX Runtime's INT8 Conv works on blocks of 16 channels).
     """
 
     narrow_fraction: float | None = None
@@ -61,24 +60,20 @@ class LowRankConfig:
     images: int = 64
     method: str = "separable"
     min_macs: int = 100_000_000
-    # Factored Convs of 64 or fewer outputs are most of those `cutq quantize` keeps in float: the 3x1 half feeds
-    # the 1x3 half through a signed map whose loudest channel is ~50x its median. They hold few weights but many
-    # MACs, so leaving them whole (65) trades speed for INT8 fidelity: u2net-p50 then has 40.1 instead of 27.9
-    # GMAC, and its INT8 file needs no float Conv (mask SSIM 0.980 instead of 0.976 with one, 71 held-out
-    # photos) but ran at 0.230x of FP32 u2net instead of 0.198x. With narrow channels removed it is the
-    # faster choice (README, Prune).
+    # Convs with fewer outputs stay whole. Factored Convs of 64 or fewer outputs are most of those `cutq quantize`
+    # keeps in float (the 3x1 half feeds the 1x3 half through a signed map with a few very loud channels); left
+    # whole (65) they cost MACs but need no float Conv, which pays once narrow channels are removed too.
     min_outputs: int = 0
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
             raise CutqError(f"factoring method must be one of {', '.join(METHODS)}, got {self.method!r}")
         if not 0 <= self.narrow < 1:
-            raise CutqError(f"--narrow-fraction must be in [0, 1), got {self.narrow_fraction}")
+            raise CutqError(f"`narrow_fraction` must be in [0, 1), got {self.narrow_fraction}")
         if self.min_weights < 1 or self.multiple < 1 or self.images < 1:
             raise CutqError("low-rank minimum weights, rank multiple and photo count must be >= 1")
         if self.min_outputs < 0 or (self.min_outputs and self.method != "separable"):
-            raise CutqError("--whole-below applies only to --factor-method separable, and is >= 0")
-
+            raise CutqError("`min_outputs` applies only to the separable method, and is >= 0")
 
     @property
     def narrow(self) -> float:

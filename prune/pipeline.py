@@ -55,8 +55,14 @@ class PruneJob:
     # Run the decoder Convs' upsampled half at the coarse resolution (`upsample`); None: leave the decoder as it is.
     late_upsample: LateUpsampleConfig | None = None
     finetune_epochs: int = 0  # > 0: distil toward the source on the calibration photos (needs the [train] extra)
-    # Appended to the cached name (`u2net-p50-fast`), so a recipe other than the default does not replace it.
+    # Appended to the cached name (`u2net-p50-fast`), so a recipe other than the default does not replace it
+    # (`recipes.Recipe.variant`).
     variant: str = ""
+
+    def __post_init__(self) -> None:
+        if self.calib_count < MIN_IMAGES or self.verify_count < 1:
+            raise CutqError(f"`calib_count` must be >= {MIN_IMAGES} and `verify_count` >= 1, got {self.calib_count} "
+                            f"and {self.verify_count}")
 
 
 @dataclass(frozen=True)
@@ -74,7 +80,7 @@ class PruneResult:
     groups_pruned: int
     channels_before: int
     channels_after: int
-    channel_fraction: float  # of each group (of each wide group with --narrow-share; of each narrow one when factoring)
+    channel_fraction: float  # of each group (of each wide group with a narrow share; of each narrow one when factoring)
     ranks: dict[str, int]  # factored Conv -> rank
     reconstruction: ReconstructReport | None
     late_upsample: LateUpsampleReport | None
@@ -82,28 +88,6 @@ class PruneResult:
     export: ExportResult
     skipped_images: tuple[str, ...]
     calibration_photos: int  # the refit fits these; far fewer than asked for generalises worse
-
-
-@dataclass(frozen=True)
-class SpeedRecipe:
-    """`cutq prune --fast`: the fastest ratio-0.5 u2net measured at mask SSIM 0.97 or more.
-
-    The narrow groups (under 256 channels) lose 30% of their channels in blocks of 16 (32 -> 16, 64 -> 48,
-    128 -> 96): they hold the full-resolution MACs and the Resize and Concat work between them. The 64- and
-    128-channel groups on 80x80 maps keep every channel (`pruner.spare`): 1.2 GMAC more for mask SSIM 0.973 ->
-    0.976. Only the Convs of more than 64 outputs are factored, so the 16-64-channel Convs need no float Conv in
-    INT8. Late upsampling then runs the decoder's biggest upsampled halves at the coarse resolution (`upsample`).
-    On u2net: 24.23 GMAC, mask SSIM mean 0.976 against FP32 u2net on 71 photos of scenes not calibrated on (0.970
-    on the bench's 16); its 4-bit INT8 file ran at 0.14x of FP32 u2net in `cutq bench`, the default recipe's at
-    0.19x (README, Prune).
-    """
-
-    narrow_fraction: float = 0.3
-    channel_multiple: int = 16
-    whole_below: int = 65
-    late_upsample: bool = True
-    keep_narrow: tuple[tuple[int, int], ...] = ((80, 64),)
-    variant: str = "fast"
 
 
 def default_name(source: str, ratio: float, variant: str = "") -> str:
@@ -130,12 +114,12 @@ def run(job: PruneJob, progress: Progress = lambda message: None) -> PruneResult
     shapes = {conv: w.shape for conv, (w, _) in conv_weights(source).items()}
     factoring = job.lowrank is not None and any(np.prod(s) >= job.lowrank.min_weights for s in shapes.values())
     if not factoring and job.lowrank is not None and (job.lowrank.narrow_fraction is not None or job.lowrank.min_outputs
-                                                      or job.prune.keep_narrow):
+                                                      or job.prune.spare):
         raise ModelError(f"{resolved.path}: no Conv of {job.lowrank.min_weights:,} weights or more to factor, so "
-                         "--narrow-fraction, --whole-below, --keep-narrow and --fast do not apply; it loses channels by "
-                         "--ratio alone")
-    if job.lowrank is None and job.prune.keep_narrow:
-        raise CutqError("--keep-narrow needs the factoring to meet the ratio; drop --no-factor")
+                         "`narrow_fraction`, `min_outputs`, `spare` and the fast recipe do not apply; it loses channels "
+                         "by `ratio` alone")
+    if job.lowrank is None and job.prune.spare:
+        raise CutqError("`spare` needs the factoring (`lowrank`) to meet the ratio")
     progress("loading images")
     calib, checked = calibration_set.calibration_and_verification(
         job.calib_dir or DEFAULT_CALIB_DIR, job.verify_dir, job.calib_count, job.verify_count, job.seed, resolved.input,
@@ -149,7 +133,7 @@ def run(job: PruneJob, progress: Progress = lambda message: None) -> PruneResult
     if factoring:
         fraction = job.lowrank.narrow
         fractions = {g.index: 0.0 if g.channels >= job.prune.narrow_below else fraction for g in graph.prunable}
-        fractions = pruner.spare(source, graph, fractions, job.prune.keep_narrow)
+        fractions = pruner.spare(source, graph, fractions, job.prune.spare)
     else:
         fraction = pruner.channel_fraction(graph, shapes, job.prune)
         fractions = job.prune.fractions(graph, fraction)
@@ -267,6 +251,6 @@ def _excess(source: onnx.ModelProto, model: onnx.ModelProto, job: PruneJob) -> i
     wanted = modelstats.parameter_count(model) - int((1 - job.prune.ratio) * modelstats.parameter_count(source))
     if wanted < 0:
         removed = 1 - modelstats.parameter_count(model) / modelstats.parameter_count(source)
-        raise CutqError(f"--ratio {job.prune.ratio} is less than --narrow-fraction {job.lowrank.narrow} removes "
-                        f"alone ({removed:.1%} of the parameters); raise --ratio or lower --narrow-fraction")
+        raise CutqError(f"`ratio` {job.prune.ratio} is less than `narrow_fraction` {job.lowrank.narrow} removes "
+                        f"alone ({removed:.1%} of the parameters); raise `ratio` or lower `narrow_fraction`")
     return wanted

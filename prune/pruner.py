@@ -39,15 +39,13 @@ MAX_FRACTION = 0.99  # of a group's channels
 class PruneConfig:
     """Remove `ratio` of the Conv parameters (weights and biases, which is all of U²-Net's parameters).
 
-    The ratio counts parameters, not channels, like the published figures it is compared with (30%: a
-    156 MB model becomes 110 MB). Removing a fraction f of every group's channels removes about 1-(1-f)²
-    of the parameters, so `channel_fraction` finds the f that removes `ratio`. Kept channel counts are
-    rounded to `multiple` (INT8 kernels work on blocks of 4 to 16 channels, so odd counts waste the rest).
+    The ratio counts parameters, not channels, like the published figures it is compared with. Removing a
+    fraction f of every group's channels removes about 1-(1-f)² of the parameters, so `channel_fraction` finds
+    the f that removes `ratio`. Kept channel counts are rounded to `multiple` (INT8 kernels work on blocks of 4
+    to 16 channels, so odd counts waste the rest).
 
-    No group is cut below `min_channels` (or its own width, if narrower). ONNX Runtime's INT8 Conv takes a
-    much slower path when a Conv has fewer than 16 output channels: at 320x320 with 48 inputs, a 3x3
-    QLinearConv took 12.8 ms with 12 outputs and 2.8 ms with 16 (2 threads). u2net's De_1 block has groups
-    of 16; cut to 12, its full-resolution Conv alone cost 12 ms of u2net-p50-int8's 141.
+    No group is cut below `min_channels` (or its own width, if narrower): ONNX Runtime's INT8 Conv takes a much
+    slower path with fewer than 16 output channels.
     """
 
     ratio: float
@@ -59,19 +57,18 @@ class PruneConfig:
     narrow_share: float = 1.0
     narrow_below: int = 256
     # (size, channels): narrow groups on size x size maps with at least that many channels keep every channel (only
-    # with factoring, which meets the ratio). --fast has (80, 64): on u2net it spares three groups for 1.2 GMAC and
-    # raised mask SSIM mean from 0.973 to 0.976 (`spare`).
-    keep_narrow: tuple[tuple[int, int], ...] = ()
+    # with factoring, which meets the ratio; see `spare`).
+    spare: tuple[tuple[int, int], ...] = ()
 
     def __post_init__(self) -> None:
         if not 0 < self.ratio <= MAX_RATIO:
-            raise CutqError(f"--ratio must be in (0, {MAX_RATIO}], got {self.ratio}")
+            raise CutqError(f"`ratio` must be in (0, {MAX_RATIO}], got {self.ratio}")
         if self.multiple < 1 or self.min_channels < 1:
             raise CutqError(f"channel multiple and minimum must be >= 1, got {self.multiple}, {self.min_channels}")
         if self.narrow_share < 0 or self.narrow_below < 1:
             raise CutqError(f"narrow share must be >= 0 and narrow width >= 1, got {self.narrow_share}, {self.narrow_below}")
-        if any(size < 1 or channels < 1 for size, channels in self.keep_narrow):
-            raise CutqError(f"--keep-narrow sizes and channel counts must be >= 1, got {self.keep_narrow}")
+        if any(size < 1 or channels < 1 for size, channels in self.spare):
+            raise CutqError(f"`spare` sizes and channel counts must be >= 1, got {self.spare}")
 
     def fractions(self, graph: DepGraph, fraction: float) -> dict[int, float]:
         """Group index -> fraction of its channels removed, when the wide groups lose `fraction`."""
@@ -84,11 +81,8 @@ def spare(model: onnx.ModelProto, graph: DepGraph, fractions: Mapping[int, float
     """`fractions` with 0 for every group on size x size maps (its producers' outputs) with at least `channels`
     channels, for each (size, channels) in `keep`.
 
-    Where a narrow group loses channels matters more than how many it loses. On u2net's --fast recipe without it (16
-    calibration photos; mask SSIM mean against FP32 u2net on 71 photos of other scenes, then on `cutq bench`'s 16),
-    sparing the 64- and 128-channel groups at 80x80 took 23.05 GMAC at 0.9733 / 0.9666 to 24.23 GMAC at 0.9760 /
-    0.9701; sparing every group at 320x320 instead cost 7.4 GMAC for 0.9743 / 0.9691, at 160x160 4.1 GMAC for
-    0.9744 / 0.9709, and the 32-channel groups at 80x80 0.6 GMAC for 0.9724 / 0.9678.
+    Where a narrow group loses channels matters more than how many it loses: on u2net, sparing the few groups whose
+    loss costs the masks most buys more fidelity per MAC than removing fewer channels everywhere.
     """
     if not keep:
         return dict(fractions)
@@ -143,8 +137,8 @@ def channel_fraction(graph: DepGraph, shapes: Mapping[str, tuple[int, ...]], con
 
     low, high = 0.0, MAX_FRACTION
     if removed(high) < config.ratio:
-        raise CutqError(f"--ratio {config.ratio} removes more parameters than the prunable channels hold "
-                        f"(at most {removed(high):.2f} with --min-channels {config.min_channels})")
+        raise CutqError(f"`ratio` {config.ratio} removes more parameters than the prunable channels hold "
+                        f"(at most {removed(high):.2f} with `min_channels` {config.min_channels})")
     for _ in range(40):
         middle = (low + high) / 2
         low, high = (middle, high) if removed(middle) < config.ratio else (low, middle)

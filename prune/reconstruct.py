@@ -12,25 +12,18 @@ towards W₀ rather than zero, so a Conv with few samples (the 10x10 bottom of U
 trained. Positions are sampled per image to bound memory; only XᵀX and XᵀY are kept.
 
 A Conv must be refit on inputs from the network with every Conv upstream of it already refit: fitting on
-inputs that later change lets the errors compound (measured on u2netp at ratio 0.5: refitting in 12 chunks of
-10 Convs took mask SSIM from 0.84 to 0.17). So the Convs are refit in waves, each wave the next Convs in
+inputs that later change lets the errors compound. So the Convs are refit in waves, each wave the next Convs in
 topological order that do not depend on one another, each wave reading its inputs from a `Frontier`, which runs only the
 nodes between the previous wave and this one (about one forward pass in all, not one per wave).
 
-The refit pays off once the pruner compensates the removed channels' means. Without the compensation it
-made u2netp's held-out masks worse (50% of channels per group, l1: SSIM mean 0.845 -> 0.679). With it and the
-activation criterion (30% of channels per group, 49% of the parameters; 16 calibration / 16 held-out
-davis-val photos): SSIM mean 0.710 without refit, 0.825 refitting only the biases, 0.915 refitting both.
+The refit pays off once the pruner compensates the removed channels' means; without the compensation it made
+the held-out masks worse.
 
 The ridge must be strong where samples are few. U²-Net's bottom Convs read 3x3 patches of ~350 channels (~3,000
-unknowns per output) at 10x10 or 20x20 positions, so 16 photos give fewer samples than unknowns there: with λ
-fixed at 0.001 of the mean diagonal of XᵀX, the refit reproduced the unpruned side outputs exactly on the
-calibration photos (MAE 0.0000 on the deepest one) and missed them on the same photos mirrored (0.02-0.05).
-So λ scales with unknowns / samples: strong at the bottom, weak at 320x320 (16,384 samples for ~600 unknowns),
-where the sliced weights of a heavily pruned Conv are far from the best fit. u2net, 16 calibration photos,
-mask SSIM mean on 32 photos of other scenes (the 16 `cutq bench` uses and 16 more), by ratio 0.5 / 0.7:
-λ fixed 0.001: 0.933 / 0.916; fixed 0.1: 0.948 / 0.910; scaled, 0.1: 0.946 / 0.920; scaled, 0.3: 0.947 / 0.913.
-More photos is not the cure: 64 (32 and their mirror images) at fixed 0.001 gave 0.941 at 0.5 on the second 16.
+unknowns per output) at 10x10 or 20x20 positions, so 16 photos give fewer samples than unknowns there, and a
+fixed weak ridge fits the calibration photos exactly and misses everything else. So λ scales with unknowns /
+samples: strong at the bottom, weak at 320x320 (16,384 samples for ~600 unknowns), where the sliced weights of
+a heavily pruned Conv are far from the best fit.
 """
 
 from __future__ import annotations
@@ -42,6 +35,7 @@ import numpy as np
 import onnx
 
 from cutq.quantize.graph import copy_model
+from cutq_runtime.errors import CutqError
 
 from .activations import Frontier, capture
 from .depgraph import conv_weights
@@ -55,6 +49,10 @@ class ReconstructConfig:
     ridge: float = 0.1  # λ per unknown per sample, as a fraction of the mean diagonal of XᵀX (module docstring)
     weights: bool = True  # False: keep the sliced weights and only correct the bias (the mean of the error)
     seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.samples < 1 or self.ridge < 0:
+            raise CutqError(f"`samples` must be >= 1 and `ridge` >= 0, got {self.samples} and {self.ridge}")
 
 
 @dataclass(frozen=True)

@@ -8,12 +8,9 @@ the Conv cost 9co, so r = share * 9co / (3(c + o)) keeps `share` of both. The tr
 for the weights alone; the 1x3 Convs are then refit by least squares on calibration photos like any pruned
 Conv (`reconstruct`), which corrects for what the truncation lost on real inputs.
 
-U²-Net's 3x3 kernels are close to separable in this sense. For u2net's 14 Convs with the most MACs, the
-truncation keeps 98.5-100% of each Conv's weight energy at share 2/3 and 87-99% at share 1/2. On u2net, every
-3x3 Conv of 100 M MACs or more (54 of them) factored at one share, with the refit, gave mask SSIM mean 0.980
-against FP32 u2net at 30.1 GMAC and 24.1 M parameters (share 0.5), 0.976 at 24.3 GMAC and 20.2 M (0.4), and
-0.9725 at 21.1 GMAC and 18.0 M (0.35), on 71 photos of scenes not calibrated on. Factoring the wide Convs'
-outputs and removing the narrow groups' channels had given 0.971 at 37.8 GMAC and 22.0 M.
+U²-Net's 3x3 kernels are close to separable in this sense: the truncation keeps most of each big Conv's weight
+energy, so factoring every big Conv at one share loses less of the masks than removing channels or factoring
+the wide Convs' outputs at the same parameter count.
 """
 
 from __future__ import annotations

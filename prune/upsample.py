@@ -14,16 +14,9 @@ network with every earlier site already changed (as `reconstruct` does, and for 
 features of the fit are the coarse patches of x bilinearly interpolated to each sampled fine position, which
 is exactly what up(Wa' * x) multiplies Wa' by.
 
-Measured on u2net at ratio 0.5 with --narrow-fraction 0.3 --channel-multiple 16 --whole-below 65 (26.65 GMAC),
-mask SSIM mean against FP32 u2net on 71 davis-val photos of scenes not calibrated on (16 calibration photos):
-the 5 sites that qualify took it to 23.05 GMAC and SSIM 0.9745 -> 0.9733, and its all-INT8 file from 0.171x to
-0.152x of FP32 u2net's latency (one interleaved run). With the 6 sites whose Conv widens x also moved (21.67
-GMAC, SSIM 0.9721) the file was no faster (0.155x); with all 33 sites, 21.33 GMAC, SSIM 0.9699.
-
-Two other fits were measured on the same recipe and left out, SSIM mean on the 71 photos and on `cutq bench`'s
-16 against 0.9733 and 0.9666: fitting to the unpruned u2net's Conv outputs where the site's output exists there
-(2 of the 5 sites; the other 3 are the 3x1 halves of factored Convs), 0.9735 and 0.9667; refitting the skip
-half's kernel together with the coarse one, 0.9730 and 0.9661 (both, 0.9733 and 0.9663).
+Only sites that save enough MACs move, and only where the Conv does not widen x: moving the others saved
+little and made the INT8 file no faster. Fitting to the unpruned model's outputs, or refitting the skip half
+too, did not improve the masks.
 """
 
 from __future__ import annotations
@@ -56,8 +49,6 @@ class LateUpsampleConfig:
     A site moves when it saves at least `min_macs` MACs at 320x320 and its Conv has at most `max_widening` times
     as many output channels as x has: the Resize then upsamples the Conv's output instead of x, and (with its
     Quantize/Dequantize in INT8) costs per channel about as much as the MACs saved at the 16-channel sites.
-    A narrow-0.3 u2net-p50 with its 6 widening sites moved too (16 -> 48 channels at 320x320 and 160x160, and three
-    3x1 Convs) had 1.4 GMAC fewer and ran no faster.
     """
 
     min_macs: int = 50_000_000

@@ -31,7 +31,7 @@ from onnx import numpy_helper
 
 from cutq.prune.activations import capture
 from cutq.prune.depgraph import DepGraph, Group, trace
-from cutq_runtime.errors import ModelError
+from cutq_runtime.errors import CutqError, ModelError
 
 from .graph import copy_model
 from .verify import session_for
@@ -48,10 +48,13 @@ class EqualizeConfig:
     quantile: float = 0.75  # a group's typical channel range is this quantile of its channel ranges
     headroom: float = 2.0  # channels above headroom x their group's typical range are scaled down to it
     # the same within each tensor a Conv reads; looser, because it scales whole branches of a Concat and
-    # leaves the quiet branch less room on photos unlike the calibration ones (after centering, 2 was best
-    # on the held-out davis-val photos for u2net, 3-4 for u2netp; see the README)
+    # leaves the quiet branch less room on photos unlike the calibration ones (u2net does best with 2)
     tensor_headroom: float = 3.0
     max_scale: float = 8.0
+
+    def __post_init__(self) -> None:
+        if self.tensor_headroom < 1:
+            raise CutqError(f"`tensor_headroom` must be >= 1, got {self.tensor_headroom}")
 
 
 @dataclass(frozen=True)
@@ -153,7 +156,7 @@ def equalize(model: onnx.ModelProto, tensors: Sequence[np.ndarray],
     change = output_change(model, out, tensors[0])
     if change > TOLERANCE:
         raise ModelError(f"range equalization changed the float model's output by {change:.2%} of its range; "
-                         "a channel path holds an op that does not commute with scaling (use --no-equalize)")
+                         "a channel path holds an op that does not commute with scaling (turn it off: `EqualizeConfig.enabled`)")
     return out, EqualizeReport(tuple(done), change)
 
 

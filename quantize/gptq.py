@@ -5,8 +5,8 @@ one weight can be cancelled by nudging the weights that read correlated inputs. 
 the [O, C*kh*kw] weight matrix one at a time and spreads each column's rounding error over the columns not
 yet rounded, weighted by the inverse Gram matrix of the Conv's im2col inputs on calibration photos; that
 minimises the error of the Conv's *output* rather than of its weights. The grid (the per-output-channel
-scale) is fixed beforehand, so the result is stored exactly like nearest rounding. On u2net with 4-bit
-weights in its 37 largest Convs this took mask SSIM mean against FP32 from 0.984 to 0.994 (32 photos).
+scale) is fixed beforehand, so the result is stored exactly like nearest rounding, and the masks come out
+much closer to FP32's than with nearest rounding.
 """
 
 from __future__ import annotations

@@ -45,8 +45,10 @@ class PackConfig:
     gptq: GptqConfig = field(default_factory=GptqConfig)
 
     def __post_init__(self) -> None:
+        if self.min_weights < 0:
+            raise CutqError(f"`min_weights` (4-bit storage) must be >= 0, got {self.min_weights}")
         if self.rounding not in ("gptq", "nearest"):
-            raise CutqError(f"--int4-rounding must be 'gptq' or 'nearest', not {self.rounding!r}")
+            raise CutqError(f"4-bit `rounding` must be 'gptq' or 'nearest', not {self.rounding!r}")
 
     @property
     def enabled(self) -> bool:

@@ -1,9 +1,7 @@
 """Pipeline step: pad INT8 Convs' input channels to a multiple of 4 (U²-Net's RGB Conv gets a 4th, zero one).
 
 ONNX Runtime's INT8 Conv is slow on 3 input channels, and U²-Net's first Conv reads the 3 colour channels
-at full resolution: in `u2net-p50-int8` it took 6.2 ms of a 117 ms run for 0.12 of 30 GMAC (2 threads,
-ONNX Runtime's profiler), and 2.1 ms padded. A one-Conv model at 320x320 with 44 outputs ran in 5.4 ms
-with 3 input channels and in 3.0 ms with 4.
+at full resolution, so that one Conv took far more of a run than its share of the MACs.
 
 The rewrite pads the quantized input (uint8, before it is dequantized) with its zero point, which
 dequantizes to exactly 0, and gives the weights a zero slice for the new channel. The integer sums are

@@ -19,7 +19,7 @@ import onnx
 
 from cutq_runtime import models
 from cutq_runtime.cpu import describe_host, exact_on
-from cutq_runtime.errors import OutputError
+from cutq_runtime.errors import CutqError, OutputError
 from cutq_runtime.fsutil import file_digest
 
 from . import calibration_set, mixed, verify
@@ -71,6 +71,11 @@ class QuantizeJob:
     thin: ThinConfig = field(default_factory=ThinConfig)
     pad: PadConfig = field(default_factory=PadConfig)
     pack: PackConfig = field(default_factory=PackConfig)
+
+    def __post_init__(self) -> None:
+        if self.calib_count < MIN_IMAGES or self.verify_count < 1:
+            raise CutqError(f"`calib_count` must be >= {MIN_IMAGES} and `verify_count` >= 1, got {self.calib_count} "
+                            f"and {self.verify_count}")
 
 
 @dataclass(frozen=True)

@@ -4,23 +4,15 @@ Per-channel signed weights and unsigned 8-bit activations. The weights use 7 bit
 integer weight lies in [-64, 64], so no pair of u8 x s8 products can overflow 16 bits (255 x 64 x 2 =
 32640). Without VNNI (AVX2, AVX-512 without VNNI, SSE), ONNX Runtime's x86 integer kernels multiply with
 VPMADDUBSW, which adds each pair of u8 x s8 products into a saturating signed 16-bit value; with the full
-8-bit range (255 x 127 x 2) they clip, and the masks of u2net-int8 fell to SSIM 0.544 against FP32 on an
-AVX2 Zen 3 where the same file's exact arithmetic scored 0.993. The full range (`weight_range="8bit"`) is an
+8-bit range (255 x 127 x 2) they clip and the masks are wrong. The full range (`weight_range="8bit"`) is an
 opt-in for VNNI or ARM hosts only, and the manifest says so.
 
 Calling ONNX Runtime's `quantize_static` with a calibration cache keeps us on its public API while reusing
 one calibration for many attempts.
 
-Two rewrites of the result were measured on u2net-p50-fast-int8w4 and left out. ONNX Runtime (1.31) removes
-the Quantize/Dequantize pair around a Resize only in nearest mode, so U²-Net's bilinear Resizes run in float
-between the two (profiler: Resize 6 ms, Dequantize and Quantize about 7 ms of a 90-100 ms run). Feeding the
-Resizes the 8-bit tensors directly made them take 19 ms. Giving every Concat's inputs the Concat's output scale
-(so that QLinearConcat copies bytes instead of looking each one up) ran at 1.03x the time of the file as it is,
-in one interleaved run of 16 rounds, at the same mask SSIM. Nor does nearest mode pay: switching the 28 Resizes
-that feed a Concat to it (on u2net-p50-fast before --keep-narrow) left mask SSIM against FP32 u2net as it was
-(0.9730 / 0.9681 on 71 photos and on `cutq bench`'s 16, against 0.9733 / 0.9666) and removed their pairs, but
-ONNX Runtime runs those Resizes in its NHWC layout, where an 8-bit nearest Resize (1.65 ms for 16 channels from
-160 to 320 square) is slower than the float linear one (0.94 ms): Resize 10.3 ms, Dequantize and Quantize 3 ms.
+The bilinear Resizes stay between a Dequantize and a Quantize, run in float: feeding them the 8-bit tensors,
+switching them to nearest mode, or giving every Concat's inputs one scale were each measured and made the
+file no faster.
 """
 
 from __future__ import annotations
@@ -76,10 +68,8 @@ def quantize_qdq(model: onnx.ModelProto, ranges: TensorsData, config: QuantConfi
     # The head's nodes are excluded from the quantizer: their weights and arithmetic stay float. Their
     # inputs keep the Q/DQ pair the quantizer puts on every feature map, so the residual Add in front of a
     # side-output Conv runs as one INT8 op in ONNX Runtime's NHWC layout, instead of in float between two
-    # dequantized full-resolution maps (u2net-p50-int8, profiler: 2.3 ms for the INT8 Add, a transpose and
-    # one dequantize, where the float Add and its two dequantizes took about 14). The features are 8-bit
-    # everywhere else in the network too: mask SSIM mean on 71 photos stayed 0.9536 for u2net-p50-int8 and
-    # 0.9985 for u2net-int8.
+    # dequantized full-resolution maps, which cost several times as much. The features are 8-bit everywhere
+    # else in the network too, and the masks did not change measurably.
     return quantized
 
 

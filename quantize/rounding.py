@@ -49,9 +49,8 @@ class RoundingConfig:
     bias_correction: bool = True
     positions: int = 2048  # sampled output positions per photo and Conv for the input statistics
     max_patch: int = 2304  # widest im2col patch (C*kh*kw) that gets GPTQ; wider ones are rounded to nearest
-    # Candidate steps, as shares of max|w| / limit. Off by default: on u2netp (GPTQ and bias correction on) the
-    # search (1.0-0.75) took the worst of 16 calibration photos from SSIM 0.988 to 0.951 against FP32. Each
-    # channel's output error falls on average, but the clipped large weights are the ones rare photos need.
+    # Candidate steps, as shares of max|w| / limit. Off by default: each channel's output error falls on average,
+    # but the clipped large weights are the ones rare photos need, and the worst photo's mask got worse.
     scales: tuple[float, ...] = (1.0,)
     seed: int = 0
     gptq: GptqConfig = field(default_factory=GptqConfig)

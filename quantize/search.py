@@ -20,6 +20,7 @@ import numpy as np
 import onnx
 
 from cutq import modelstats
+from cutq_runtime.errors import CutqError
 
 from . import mixed, sensitivity, verify
 
@@ -34,6 +35,11 @@ class SearchConfig:
     candidates: int = 4
     min_gain: float = 0.002
     cost_floor: float = 0.01  # added to each node's MAC share, so near-free nodes are not favoured endlessly
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.target_ssim <= 1 or self.max_float_nodes < 0:
+            raise CutqError(f"`target_ssim` must be in [0, 1] and `max_float_nodes` >= 0, got {self.target_ssim} "
+                            f"and {self.max_float_nodes}")
 
 
 @dataclass(frozen=True)

@@ -5,8 +5,8 @@ QuantizeLinear of the same scale. ONNX Runtime runs that Resize in float. With h
 interpolation weights of a 2x upsampling are sixteenths (9/16, 3/16, 3/16, 1/16), so in units of the input
 scale the result is an integer over 16, and one output in sixteen lands exactly on .5 before it is rounded back
 to 8 bits. Which way such a tie goes depends on the last bit of the float arithmetic: ONNX Runtime's aarch64
-build (FMA contraction, other summation order) sends 11% of them the other way than x86 does, 0.6% of all
-outputs. One level off at the first upsampling grew into masks up to 60/255 apart from x86's on a Raspberry Pi.
+build (FMA contraction, other summation order) sends some of them the other way than x86 does, and one level off
+at the first upsampling grows into visibly different masks on a Raspberry Pi.
 
 The fix moves every tie off .5 by the same amount on every CPU: the output scale becomes
 `scale / (1 + 2**-13)`. In output levels a value t becomes t * (1 + 2**-13):

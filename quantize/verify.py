@@ -16,9 +16,8 @@ import onnxruntime as ort
 from cutq import metrics
 from cutq_runtime.postprocess import normalize
 
-# Kernels that do not saturate reproduce the exact arithmetic up to requantization rounding: mask SSIM
-# 0.990-0.998 was measured on 7-bit u2netp-int8, u2net-int8 and u2net-p50-fast-int8 (AVX-512 VNNI host), 0.544 on
-# a u2net-int8 with saturating 8-bit weights on AVX2: 0.98 keeps a margin on both sides.
+# Kernels that do not saturate reproduce the exact arithmetic up to requantization rounding (mask SSIM 0.99 and
+# above), saturating ones fall far below: 0.98 keeps a margin on both sides.
 PORTABLE_SSIM = 0.98
 
 
@@ -43,8 +42,8 @@ def session_for(model: onnx.ModelProto, threads: int | None = None,
     runs as written, which is the quantized model's own arithmetic on any CPU, where the optimized session
     fuses them into the host's integer kernels.
 
-    `arena=False` for callers that keep many outputs alive across sessions (the prune's refit): with ONNX
-    Runtime's CPU arena, pruning u2net with 64 calibration photos peaked at 11.3 GB, without it at 7.6 GB.
+    `arena=False` for callers that keep many outputs alive across sessions (the prune's refit): ONNX Runtime's
+    CPU arena would hold on to the memory of every output kept.
     """
     options = ort.SessionOptions()
     options.log_severity_level = 3

@@ -154,5 +154,5 @@ def test_the_same_kinds_within_their_limits_still_work(u2netp) -> None:
 
 def test_byte_limit(u2netp) -> None:
     data = jpeg_bytes(COFFEE)
-    with pytest.raises(ImageError, match=rf"c\.jpg: {len(data)} bytes is over the limit of 1000 \(--max-bytes\)"):
+    with pytest.raises(ImageError, match=rf"c\.jpg: {len(data)} bytes is over the limit of 1000 \(`max_bytes`\)"):
         remove(data, session=u2netp, source="c.jpg", options=RemoveOptions(max_bytes=1000))

@@ -48,6 +48,14 @@ def test_importing_cutq_its_cli_and_the_config_loads_no_torch() -> None:
     assert result.stdout.strip() == "False"
 
 
+def test_the_command_wants_explicit_epochs_and_learning_rate(tmp_path: Path) -> None:
+    # No setting measured so far brought a pruned u2net closer to its teacher, so the command has no defaults to offer.
+    base = [str(Path(sys.executable).parent / "cutq"), "finetune", "--student", "s.onnx", "--teacher", "t.onnx"]
+    for given, missing in (([], "--epochs"), (["--epochs", "1"], "--lr"), (["--lr", "1e-5"], "--epochs")):
+        proc = subprocess.run([*base, *given], capture_output=True, text=True, check=False, cwd=tmp_path)
+        assert proc.returncode == 2 and "Missing option" in proc.stderr and missing in proc.stderr, (given, proc.stderr)
+
+
 torch = pytest.importorskip("torch")
 
 from cutq.distill.checkpoint import fingerprint  # noqa: E402  (needs torch only for the tests below)

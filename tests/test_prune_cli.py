@@ -13,9 +13,11 @@ from pathlib import Path
 import onnx
 import pytest
 
+from cutq.prune.lowrank import LowRankConfig
 from cutq.prune.pipeline import PruneJob, default_name, run
 from cutq.prune.pruner import PruneConfig
 from cutq.prune.reconstruct import ReconstructConfig
+from cutq_runtime.errors import CutqError
 
 from .conftest import CALIBRATION
 from .tiny import residual_concat_model, save_tiny
@@ -67,27 +69,33 @@ def test_bad_input_is_a_clear_error_and_writes_nothing(tiny: Path, tmp_path: Pat
     onnx.save(residual_concat_model(extra_op="Neg"), odd)
     proc = _cli("--model", str(odd), "--ratio", "0.5", "--out", str(out))
     assert proc.returncode == 2 and "Neg node 'odd': cannot trace channels through this op" in proc.stderr
-    proc = _cli("--model", str(tiny), "--ratio", "0.5", "--criterion", "taylor", "--out", str(out))
-    assert proc.returncode == 2 and "unknown criterion 'taylor'" in proc.stderr
-    proc = _cli("--model", str(tiny), "--ratio", "0.5", "--lowrank-photos", "8", "--out", str(out))
-    assert proc.returncode == 2 and "--lowrank-photos applies only to --factor-method output" in proc.stderr
-    proc = _cli("--model", str(tiny), "--ratio", "0.5", "--factor-method", "output", "--whole-below", "65",
-                "--out", str(out))
-    assert proc.returncode == 2 and "--whole-below applies only to --factor-method separable" in proc.stderr
-    for flag in (["--whole-below", "33"], ["--no-late-upsample"], ["--keep-narrow", "80:64"]):  # not under --fast's name
-        proc = _cli("--model", str(tiny), "--ratio", "0.5", "--fast", *flag, "--out", str(out))
-        assert proc.returncode == 2 and "--fast sets --narrow-fraction, --channel-multiple, --whole-below" in proc.stderr
-    proc = _cli("--model", str(tiny), "--ratio", "0.5", "--fast", "--no-factor", "--out", str(out))
-    assert proc.returncode == 2 and "--fast is a recipe of --factor-method separable" in proc.stderr
-    for flags in (["--fast"], ["--narrow-fraction", "0.3"], ["--whole-below", "65"], ["--keep-narrow", "80:64"]):
+    for removed in (["--criterion", "l1"], ["--factor-method", "output"], ["--no-factor"], ["--narrow-share", "1.5"],
+                    ["--lowrank-photos", "8"], ["--finetune-epochs", "1"]):  # docs/design/removed-options.md
+        proc = _cli("--model", str(tiny), "--ratio", "0.5", *removed, "--out", str(out))
+        assert proc.returncode == 2 and "No such option" in proc.stderr and removed[0] in proc.stderr, removed
+    for recipe in (["--recipe", "fast"], ["--fast"]):  # another recipe's flags would change what its cached name means
+        for flag in (["--whole-below", "33"], ["--late-upsample"], ["--spare", "80:64"], ["--keep-narrow", "80:64"]):
+            proc = _cli("--model", str(tiny), "--ratio", "0.5", *recipe, *flag, "--out", str(out))
+            assert proc.returncode == 2 and "--recipe fast sets --narrow-fraction, --channel-multiple, --whole-below" in (
+                proc.stderr), (recipe, flag)
+    for flags in (["--recipe", "fast"], ["--fast"], ["--narrow-fraction", "0.3"], ["--whole-below", "65"],
+                  ["--spare", "80:64"], ["--keep-narrow", "80:64"]):
         proc = _cli("--model", str(tiny), "--ratio", "0.5", *flags, "--out", str(out))
         assert proc.returncode == 2 and "no Conv of 500,000 weights or more to factor" in proc.stderr, flags
-    for flags, shown in ((["--keep-narrow", "80"], "--keep-narrow takes SIZE:CHANNELS, such as 80:64, not '80'"),
-                         (["--keep-narrow", "80:64", "--no-factor"], "--keep-narrow needs the factoring")):
+        assert "--narrow-fraction, --whole-below, --spare and the fast recipe do not apply" in proc.stderr, flags
+    for flags, shown in ((["--spare", "80"], "--spare takes SIZE:CHANNELS, such as 80:64, not '80'"),
+                         (["--keep-narrow", "80"], "--spare takes SIZE:CHANNELS, such as 80:64, not '80'"),
+                         (["--recipe", "slow"], "'slow' is not one of"),
+                         (["--narrow-fraction", "1"], "--narrow-fraction must be in [0, 1), got 1.0"),
+                         (["--calib-count", "1"], "--calib-count must be >= 2"),
+                         (["--samples", "0"], "--samples must be >= 1")):
         proc = _cli("--model", str(tiny), "--ratio", "0.5", *flags, "--out", str(out))
-        assert proc.returncode == 2 and shown in proc.stderr, flags
-    proc = _cli("--model", str(tiny), "--ratio", "0.5", "--factor-method", "spatial", "--out", str(out))
-    assert proc.returncode == 2 and "factoring method must be one of separable, output, got 'spatial'" in proc.stderr
+        assert proc.returncode == 2 and shown in proc.stderr, (flags, proc.stderr)
+    # From Python, where the settings the command line no longer offers stay reachable:
+    with pytest.raises(CutqError, match="`spare` needs the factoring"):
+        run(PruneJob(model=str(tiny), prune=PruneConfig(0.5, spare=((80, 64),)), lowrank=None, out=out))
+    with pytest.raises(CutqError, match="factoring method must be one of separable, output, got 'spatial'"):
+        LowRankConfig(method="spatial")
     before = tiny.read_bytes()
     proc = _cli("--model", str(tiny), "--ratio", "0.5", "--out", str(tiny))
     assert proc.returncode == 2 and "refusing to overwrite" in proc.stderr and tiny.read_bytes() == before
@@ -139,6 +147,16 @@ def test_finetune_epochs_distil_the_pruned_model(tiny: Path, tmp_path: Path) -> 
     assert not tuned.with_suffix(".ckpt").exists()  # finished: no checkpoint left behind
 
 
-def test_help_names_the_train_extra() -> None:
+def test_help_fits_a_screen_and_leads_with_the_recipes() -> None:
+    shown = subprocess.run([str(Path(sys.executable).parent / "cutq"), "prune", "--help"], capture_output=True, text=True,
+                           check=True, env={**os.environ, "COLUMNS": "100", "TERM": "dumb", "NO_COLOR": "1"}).stdout
+    assert len(shown.splitlines()) <= 40
+    assert "--recipe" in shown and "fast" in shown and "--spare" in shown
+    assert "--fast" not in shown and "--keep-narrow" not in shown  # old spellings still work, unlisted
+
+
+def test_finetune_help_names_the_train_extra() -> None:
     # Rich reads "[train]" as a style tag unless escaped, which printed `pip install 'cutq'`.
-    assert "pip install 'cutq[train]'" in " ".join(_cli("--help").stdout.replace("│", " ").split())  # across wrapped lines
+    proc = subprocess.run([str(Path(sys.executable).parent / "cutq"), "finetune", "--help"], capture_output=True,
+                          text=True, check=False, env={**os.environ, "COLUMNS": "200"})
+    assert "pip install 'cutq[train]'" in " ".join(proc.stdout.replace("│", " ").split())  # across wrapped lines

@@ -89,8 +89,8 @@ def test_u2netp_factored_through_the_pipeline(u2netp_path: Path, tmp_path: Path)
 
 
 @pytest.mark.parametrize(("ratio", "narrow_fraction", "method", "message"), [
-    (0.01, 0.5, "output", "less than --narrow-fraction 0.5 removes alone"),  # the narrow groups alone remove more
-    (0.01, 0.5, "separable", "less than --narrow-fraction 0.5 removes alone"),
+    (0.01, 0.5, "output", "less than `narrow_fraction` 0.5 removes alone"),  # the narrow groups alone remove more
+    (0.01, 0.5, "separable", "less than `narrow_fraction` 0.5 removes alone"),
     (0.9, 0.0, "output", "more parameters removed than factoring"),  # every factored Conv at rank 16 is not enough
 ])
 def test_a_ratio_factoring_cannot_meet_fails_before_the_statistics(u2netp_path: Path, tmp_path: Path, ratio: float,

@@ -93,13 +93,13 @@ def test_default_floor_keeps_16_channel_groups_whole(u2netp_path: Path) -> None:
     assert min(len(k) for k in keep.values()) == 16
     pruned, _ = pruner.apply(model, graph, keep)
     assert 1 - modelstats.parameter_count(pruned) / modelstats.parameter_count(model) >= 0.4
-    with pytest.raises(CutqError, match="min-channels 16"):
+    with pytest.raises(CutqError, match="`min_channels` 16"):
         pruner.channel_fraction(graph, shapes, pruner.PruneConfig(0.9))
 
 
 @pytest.mark.parametrize("ratio", [0.0, -0.1, 0.95, 1.0])
 def test_ratio_outside_range_is_refused(ratio: float) -> None:
-    with pytest.raises(CutqError, match=r"--ratio must be in \(0, 0.9\]"):
+    with pytest.raises(CutqError, match=r"`ratio` must be in \(0, 0.9\]"):
         pruner.PruneConfig(ratio)
 
 
@@ -253,5 +253,5 @@ def test_spare_keeps_the_groups_of_one_map_size_and_width_whole(u2netp_path: Pat
     assert wide80 and at80 - wide80  # u2netp has both 64- and 16-channel groups at 80x80
     assert {i for i, f in spared.items() if f == 0.0} == wide80
     assert all(spared[i] == 0.5 for i in fractions if i not in wide80)
-    with pytest.raises(CutqError, match="--keep-narrow"):
-        pruner.PruneConfig(0.5, keep_narrow=((80, 0),))
+    with pytest.raises(CutqError, match="`spare`"):
+        pruner.PruneConfig(0.5, spare=((80, 0),))

@@ -11,38 +11,44 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from cutq.distill.finetune import FinetuneConfig, StepInfo
 from cutq.distill.pipeline import FinetuneJob, run
 
-from .ui import CACHE_HELP, err, errors_exit
+from .ui import CACHE_HELP, err, errors_exit, option
 
 IMAGES_HELP = "Photos to train on and verify with, split by scene (default: the bundled calibration_data/)."
+TRAINING = "Training"
 
 
 def finetune(
-    student: Annotated[str, typer.Option("--student", "-s", help="The model to train (e.g. u2net-p50 or a .onnx path).")],
-    teacher: Annotated[str, typer.Option("--teacher", "-t", help="The FP32 model it came from (u2net, u2netp, path).")],
-    out: Annotated[Path | None, typer.Option("--out", "-o", help="Output .onnx (default: cache, as <student>-ft).")] = None,
-    images_dir: Annotated[Path | None, typer.Option("--images", help=IMAGES_HELP)] = None,
-    train_count: Annotated[int, typer.Option("--train-count", min=1, help="Training photos to sample.")] = 32,
-    verify_count: Annotated[int, typer.Option("--verify-count", min=1, help="Held-out photos to measure on.")] = 24,
-    epochs: Annotated[int, typer.Option("--epochs", min=0)] = FinetuneConfig.epochs,
-    lr: Annotated[float, typer.Option("--lr", min=0, help="Adam learning rate (constant).")] = FinetuneConfig.lr,
-    batch_size: Annotated[int, typer.Option("--batch-size", min=1)] = 1,
-    bf16: Annotated[bool, typer.Option("--bf16/--fp32", help="bfloat16 autocast: about half the time on CPUs "
-                                       "with AVX512-BF16; weights stay float32.")] = False,
-    threads: Annotated[int, typer.Option("--threads", min=0, help="0: every core.")] = FinetuneConfig.threads,
-    seed: Annotated[int, typer.Option("--seed")] = 0,
-    keep_checkpoint: Annotated[bool, typer.Option("--keep-checkpoint", help="Keep <out>.ckpt after success.")] = False,
-    keep_worse: Annotated[bool, typer.Option("--keep-worse", help="Write the result even if its held-out masks are "
-                                             "further from the teacher's than before fine-tuning.")] = False,
-    cache_dir: Annotated[Path | None, typer.Option("--cache-dir", help=CACHE_HELP)] = None,
+    student: Annotated[str, option("--student", "-s", metavar="NAME", help="The model to train (a variant or .onnx).")],
+    teacher: Annotated[str, option("--teacher", "-t", metavar="NAME", help="The FP32 model it came from.")],
+    epochs: Annotated[int, option("--epochs", metavar="N", panel=TRAINING, help="Passes over the training photos.")],
+    lr: Annotated[float, option("--lr", metavar="LR", panel=TRAINING, help="Adam learning rate (constant).")],
+    out: Annotated[Path | None, option("--out", "-o", metavar="FILE", help="Output .onnx (default: the cache, as "
+                                       "<student>-ft).")] = None,
+    images_dir: Annotated[Path | None, option("--images", metavar="DIR", help=IMAGES_HELP)] = None,
+    train_count: Annotated[int, option("--train-count", metavar="N", help="Training photos to sample (default 32).")] = 32,
+    verify_count: Annotated[int, option("--verify-count", metavar="N", help="Held-out photos (default 24).")] = 24,
+    keep_worse: Annotated[bool, option("--keep-worse", metavar="", help="Write the result even if its held-out masks "
+                                       "are further from the teacher's.")] = False,
+    keep_checkpoint: Annotated[bool, option("--keep-checkpoint", metavar="", help="Keep <out>.ckpt after success.")] = False,
+    cache_dir: Annotated[Path | None, option("--cache-dir", metavar="DIR", help=CACHE_HELP)] = None,
+    batch_size: Annotated[int, option("--batch-size", metavar="N", panel=TRAINING, help="Photos per step (default 1).")] = 1,
+    bf16: Annotated[bool, option("--bf16", metavar="", panel=TRAINING, help="bfloat16 autocast: about half the time on "
+                                 "CPUs with AVX512-BF16.")] = False,
+    threads: Annotated[int, option("--threads", metavar="N", panel=TRAINING, help="Torch threads (default 0: every "
+                                   "core).")] = FinetuneConfig.threads,
+    seed: Annotated[int, option("--seed", metavar="N", panel=TRAINING, help="Seed for sampling and order.")] = 0,
 ) -> None:
-    """Fine-tune STUDENT so its side outputs match TEACHER's on unlabeled photos (needs `pip install 'cutq\\[train]'`).
+    """Experimental: distil STUDENT toward TEACHER on unlabeled photos (needs `pip install 'cutq\\[train]'`).
 
-    Interrupted runs resume from <out>.ckpt when run again with the same settings.
+    No setting measured so far brought a pruned u2net closer to its teacher, so --epochs and --lr have no defaults.
+
+    A result whose held-out masks got worse is not written. Interrupted runs resume from <out>.ckpt.
     """
-    config = FinetuneConfig(epochs=epochs, lr=lr, batch_size=batch_size, seed=seed, bf16=bf16, threads=threads)
-    job = FinetuneJob(student=student, teacher=teacher, out=out, images_dir=images_dir, train_count=train_count,
-                      verify_count=verify_count, cache_dir=cache_dir, keep_checkpoint=keep_checkpoint,
-                      keep_worse=keep_worse, config=config)
+    with errors_exit():
+        config = FinetuneConfig(epochs=epochs, lr=lr, batch_size=batch_size, seed=seed, bf16=bf16, threads=threads)
+        job = FinetuneJob(student=student, teacher=teacher, out=out, images_dir=images_dir, train_count=train_count,
+                          verify_count=verify_count, cache_dir=cache_dir, keep_checkpoint=keep_checkpoint,
+                          keep_worse=keep_worse, config=config)
     bar = Progress(TextColumn("epoch {task.fields[epoch]}"), BarColumn(), MofNCompleteColumn(),
                    TextColumn("loss {task.fields[loss]}"), TimeElapsedColumn(), TimeRemainingColumn(), console=err)
     task = bar.add_task("", total=None, epoch="-", loss="-")

@@ -9,7 +9,6 @@ import typer
 from rich.table import Table
 
 from cutq.quantize.calibrate import METHODS, CalibrationConfig
-from cutq.quantize.center import CenterConfig
 from cutq.quantize.equalize import EqualizeConfig
 from cutq.quantize.pack import PackConfig
 from cutq.quantize.pipeline import QuantizeJob, QuantizeResult, run
@@ -18,52 +17,41 @@ from cutq.quantize.rounding import RoundingConfig
 from cutq.quantize.search import SearchConfig
 from cutq_runtime.errors import CutqError
 
-from .ui import CACHE_HELP, err, errors_exit, table_console
+from .ui import CACHE_HELP, err, errors_exit, option, table_console
 
-CALIB_HELP = "Calibration photos (default: the bundled calibration_data/). Use photos like the ones you will cut out."
-CENTER_HELP = ("Move the offset of near-constant channels (e.g. always 226-228) into the next Convs' biases and "
-               "scale what varies up, so it is not lost below one INT8 step. Exact except at the image border.")
-EQUALIZE_HELP = ("Scale outlier channels down and their consumers' weights up before calibrating (the float model's "
-                 "function is unchanged), so one channel no longer sets a whole tensor's INT8 step.")
-TENSOR_HEADROOM_HELP = ("Equalization also scales down a channel (or a whole Concat branch) louder than this times the "
-                        "typical channel of a tensor a Conv reads. Lower moves more: finer INT8 steps on photos like the "
-                        "calibration ones, less room on unlike ones (u2net: 2, u2netp: 3; see the README).")
-INT4_HELP = ("Store the weights of every INT8 Conv with at least this many weights at 4 bits (0: off), written as "
-             "<name>-int8w4. The Convs still run at 8 bits, so latency is unchanged; the file is smaller and the masks "
-             "a little less faithful (u2net-p50: 22.2 -> 12.6 MB at 200000; see the README). Needs onnxruntime >= 1.23 to load.")
-ROUNDING_HELP = ("gptq: round the 4-bit weights so each Conv's output on the calibration photos stays closest to the "
-                 "INT8 one (a few minutes for u2net); nearest: round each weight on its own.")
-WEIGHT_RANGE_HELP = ("7bit (default): integer weights in [-64, 64], exact on every CPU. 8bit: the full range, a little "
-                     "more faithful, but only CPUs with AVX-512 VNNI / AVX-VNNI, or ARM, compute it exactly; AVX2 and "
-                     "older x86 CPUs saturate and give wrong masks. The manifest records the choice.")
-WEIGHT_ROUNDING_HELP = ("gptq (default): round each Conv's weights so its output on the calibration photos stays closest "
-                        "to FP32; nearest: round each weight on its own.")
-BIAS_CORRECTION_HELP = "Add each Conv's mean rounding error on the calibration photos back into its bias."
-VERIFY_HELP = "Held-out photos to measure fidelity on. Default: split --calib-dir by scene, half for each."
+CALIB_HELP = "Photos like yours to calibrate on (default: the bundled calibration_data/)."
+VERIFY_HELP = "Held-out photos (default: the scenes of --calib-dir not calibrated on)."
+EXPERT = "Expert"
+HEADROOM_HELP = "Equalize channels louder than H x their tensor's typical one (default 3; 2 suits u2net)."
+INT4_HELP = "Store the weights of Convs with N+ weights at 4 bits, as <name>-int8w4 (needs onnxruntime >= 1.23)."
+WEIGHT_RANGE_HELP = "7bit (default): exact on every CPU. 8bit: exact only on VNNI x86 and ARM."
 
 
 def quantize(
-    model: Annotated[list[str], typer.Option("--model", "-m", help="Variant name (u2net, u2netp, u2net-p50, ...) or "
-                                             ".onnx path; repeat it to quantize several into one table.")],
-    out: Annotated[Path | None, typer.Option("--out", "-o", help="Output .onnx (default: cache, as <name>-int8).")] = None,
-    calib_dir: Annotated[Path | None, typer.Option("--calib-dir", help=CALIB_HELP)] = None,
-    calib_count: Annotated[int, typer.Option("--calib-count", min=2, help="Calibration photos to sample.")] = 16,
-    verify_dir: Annotated[Path | None, typer.Option("--verify-dir", help=VERIFY_HELP)] = None,
-    verify_count: Annotated[int, typer.Option("--verify-count", min=1, help="Verification photos to sample.")] = 24,
-    method: Annotated[str, typer.Option("--method", help=f"Calibration: {', '.join(METHODS)}.")] = "minmax",
-    percentile: Annotated[float, typer.Option("--percentile", help="For --method percentile.")] = 99.999,
-    center: Annotated[bool, typer.Option("--center/--no-center", help=CENTER_HELP)] = True,
-    equalize: Annotated[bool, typer.Option("--equalize/--no-equalize", help=EQUALIZE_HELP)] = True,
-    tensor_headroom: Annotated[float, typer.Option("--tensor-headroom", min=1.0, help=TENSOR_HEADROOM_HELP)] = 3.0,
-    weight_range: Annotated[str, typer.Option("--weight-range", help=WEIGHT_RANGE_HELP)] = "7bit",
-    weight_rounding: Annotated[str, typer.Option("--weight-rounding", help=WEIGHT_ROUNDING_HELP)] = "gptq",
-    bias_correction: Annotated[bool, typer.Option("--bias-correction/--no-bias-correction", help=BIAS_CORRECTION_HELP)] = True,
-    target_ssim: Annotated[float, typer.Option("--target-ssim", min=0, max=1, help="Minimum mask SSIM vs FP32.")] = 0.98,
-    max_float_nodes: Annotated[int, typer.Option("--max-float-nodes", min=0, help="Give up after this many.")] = 8,
-    int4_min_weights: Annotated[int, typer.Option("--int4-min-weights", min=0, help=INT4_HELP)] = 0,
-    int4_rounding: Annotated[str, typer.Option("--int4-rounding", help=ROUNDING_HELP)] = "gptq",
-    seed: Annotated[int, typer.Option("--seed", help="Seed for sampling and splitting photos.")] = 0,
-    cache_dir: Annotated[Path | None, typer.Option("--cache-dir", help=CACHE_HELP)] = None,
+    model: Annotated[list[str], option("--model", "-m", metavar="NAME", help="Variant name or .onnx path; repeatable.")],
+    out: Annotated[Path | None, option("--out", "-o", metavar="FILE", help="Output .onnx (default: the cache).")] = None,
+    calib_dir: Annotated[Path | None, option("--calib-dir", metavar="DIR", help=CALIB_HELP)] = None,
+    verify_dir: Annotated[Path | None, option("--verify-dir", metavar="DIR", help=VERIFY_HELP)] = None,
+    target_ssim: Annotated[float, option("--target-ssim", metavar="S", help=(
+        "Mask SSIM vs FP32 the worst held-out photo must reach (default 0.98)."))] = SearchConfig.target_ssim,
+    tensor_headroom: Annotated[float, option("--tensor-headroom", metavar="H", help=HEADROOM_HELP)] = (
+        EqualizeConfig.tensor_headroom),
+    int4_min_weights: Annotated[int, option("--int4-min-weights", metavar="N", help=INT4_HELP)] = 0,
+    cache_dir: Annotated[Path | None, option("--cache-dir", metavar="DIR", help=CACHE_HELP)] = None,
+    weight_range: Annotated[str, option("--weight-range", panel=EXPERT, metavar="7bit|8bit", help=WEIGHT_RANGE_HELP)] = "7bit",
+    method: Annotated[str, option("--method", panel=EXPERT, metavar="NAME", help=(
+        f"Calibration: {', '.join(METHODS)} (default {CalibrationConfig.method})."))] = CalibrationConfig.method,
+    percentile: Annotated[float, option("--percentile", panel=EXPERT, metavar="P", help=(
+        "For --method percentile (default 99.999)."))] = CalibrationConfig.percentile,
+    max_float_nodes: Annotated[int, option("--max-float-nodes", panel=EXPERT, metavar="N", help=(
+        "Convs the search may keep in float (default 8)."))] = SearchConfig.max_float_nodes,
+    no_equalize: Annotated[bool, option("--no-equalize", panel=EXPERT, metavar="", help=(
+        "Skip range equalization (for a model it cannot rescale)."))] = False,
+    calib_count: Annotated[int, option("--calib-count", panel=EXPERT, metavar="N", help=(
+        "Calibration photos to sample (default 16)."))] = 16,
+    verify_count: Annotated[int, option("--verify-count", panel=EXPERT, metavar="N", help=(
+        "Verification photos to sample (default 24)."))] = 24,
+    seed: Annotated[int, option("--seed", panel=EXPERT, metavar="N", help="Seed for sampling photos.")] = 0,
 ) -> None:
     """Quantize to INT8, keeping the fewest Conv nodes in float that hold mask SSIM above --target-ssim.
 
@@ -77,12 +65,12 @@ def quantize(
             job = QuantizeJob(
                 model=name, out=out, calib_dir=calib_dir, calib_count=calib_count, verify_dir=verify_dir,
                 verify_count=verify_count, seed=seed, cache_dir=cache_dir,
-                center=CenterConfig(enabled=center), equalize=EqualizeConfig(enabled=equalize, tensor_headroom=tensor_headroom),
+                equalize=EqualizeConfig(enabled=not no_equalize, tensor_headroom=tensor_headroom),
                 calibration=CalibrationConfig(method=method, percentile=percentile),
                 quant=QuantConfig(weight_range=weight_range),
-                rounding=RoundingConfig(method=weight_rounding, bias_correction=bias_correction, seed=seed),
+                rounding=RoundingConfig(seed=seed),
                 search=SearchConfig(target_ssim=target_ssim, max_float_nodes=max_float_nodes),
-                pack=PackConfig(min_weights=int4_min_weights, rounding=int4_rounding),
+                pack=PackConfig(min_weights=int4_min_weights),
             )
             with err.status(f"Quantizing {name}") as status:
                 results.append(run(job, progress=lambda message, n=name: status.update(f"Quantizing {n}: {message}")))

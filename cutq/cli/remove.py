@@ -13,7 +13,7 @@ from cutq_runtime.api import DEFAULT_MODEL, DEFAULT_PNG_LEVEL, RemoveOptions
 from cutq_runtime.errors import CutqError, shown_warnings
 from cutq_runtime.session import new_session
 
-from .ui import CACHE_HELP, DownloadBar, err, errors_exit, file_progress
+from .ui import CACHE_HELP, DownloadBar, cli_text, err, errors_exit, file_progress
 
 MODEL_HELP = "Variant name (u2net, u2netp, u2netp-int8, ...) or an .onnx/.ort path."
 PIXELS_HELP = "Refuse images with more pixels, a decompression-bomb guard (default 89478485; also CUTQ_MAX_PIXELS)."
@@ -27,7 +27,8 @@ WORKERS_HELP = ("Inferences at once, sharing one model, while other photos are d
 RESUME_HELP = ("With --out-dir: skip inputs an earlier run into the same folder finished with the same model and options "
                "(its ledger, .cutq-ledger.jsonl, is there). --no-resume does every input again.")
 REPORT_HELP = "Write one JSON line per failed input, with its reason, to this file."
-ENGINE_HELP = "local: this machine. ray: a Ray cluster (pip install 'cutq[ray]'); --address joins one, else a local one."
+ENGINE_HELP = ("local: this machine. ray: a Ray cluster (make setup EXTRAS=dev,ray, or pip install 'cutq\\[ray]'); "
+               "--address joins one, else a local one.")
 
 
 def remove(
@@ -72,7 +73,7 @@ def remove(
 
         def report(job: batch.Job, error: str | None) -> None:
             if error:
-                progress.console.print(f"[red]error:[/red] {escape(error)}", highlight=False)
+                progress.console.print(f"[red]error:[/red] {escape(cli_text(error))}", highlight=False)
             progress.advance(task)
 
         try:

@@ -48,12 +48,17 @@ def default_session(model: str = DEFAULT_MODEL) -> Session:
         return _default_sessions[model]
 
 
-def cut(img: Image.Image, session: Session, options: RemoveOptions) -> Image.Image:
-    """The cut-out (or mask) for an already decoded image."""
-    mask = session.predict_mask(img)
-    if options.only_mask:
-        return mask
-    result = postprocess.cutout(img, mask)
+def cut(img: Image.Image, session: Session, options: RemoveOptions, source: str = "<input>") -> Image.Image:
+    """The cut-out (or mask) for an already decoded image. Pillow checks some image data only when it is used
+    (a PNG transparency table longer than its palette fails in the composite): that is the image's fault, an
+    `ImageError` naming `source`, not a crash."""
+    try:
+        mask = session.predict_mask(img)
+        if options.only_mask:
+            return mask
+        result = postprocess.cutout(img, mask)
+    except (ValueError, OSError, IndexError) as exc:
+        raise ImageError(source, f"image data cutq cannot use ({images.first_line(exc)})") from exc
     if options.bgcolor is not None:
         result = postprocess.apply_background(result, options.bgcolor)
     return result
@@ -79,15 +84,15 @@ def remove(data, session=None, only_mask=False, bgcolor=None, *, source="<input>
     if isinstance(data, (bytes, bytearray, memoryview)):
         limit = opts.max_bytes or images.max_bytes_default()
         if len(data) > limit:
-            raise ImageError(source, f"{len(data)} bytes is over the limit of {limit} (--max-bytes)", "too_large")
-        result = cut(images.decode(bytes(data), source, opts.max_pixels), session, opts)
+            raise ImageError(source, f"{len(data)} bytes is over the limit of {limit} (`max_bytes`)", "too_large")
+        result = cut(images.decode(bytes(data), source, opts.max_pixels), session, opts, source)
         return images.encode_png(result, opts.png_compress_level)  # the decoded photo is freed before encoding
     if isinstance(data, Image.Image):
-        return cut(images.prepare(data, source, opts.max_pixels), session, opts)
+        return cut(images.prepare(data, source, opts.max_pixels), session, opts, source)
     if isinstance(data, np.ndarray):
         try:
             img = Image.fromarray(data)
         except (TypeError, ValueError) as exc:
             raise ImageError(source, f"array of shape {data.shape} and dtype {data.dtype} is not an image") from exc
-        return np.asarray(cut(images.prepare(img, source, opts.max_pixels), session, opts))
+        return np.asarray(cut(images.prepare(img, source, opts.max_pixels), session, opts, source))
     raise TypeError(f"remove() takes bytes, a PIL image or a numpy array, not {type(data).__name__}")

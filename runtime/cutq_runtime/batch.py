@@ -53,7 +53,7 @@ class BatchResult:
     skipped: list[Job] = field(default_factory=list)  # finished by an earlier run (resume)
 
     def write_report(self, path: str) -> None:
-        """`--report`: one JSON line per failed input with its reason (an empty file when none failed)."""
+        """The failure report: one JSON line per failed input with its reason (an empty file when none failed)."""
         lines = "".join(json.dumps({"source": j.source, "target": j.target, "error": e}) + "\n" for j, e in self.failed)
         atomic_write_bytes(path, lines.encode())
 
@@ -95,19 +95,19 @@ def plan(inputs: Sequence[str], out: str | None, out_dir: str | None) -> list[Jo
     if not inputs:
         raise CutqError("no input images")
     if (out is None) == (out_dir is None):
-        raise CutqError("give exactly one of -o/--out FILE or --out-dir DIR")
+        raise CutqError("give exactly one of `out` (a file) or `out_dir` (a folder)")
     if out is not None:
         if len(inputs) > 1:
-            raise CutqError(f"{len(inputs)} inputs but one output file: use --out-dir DIR for several inputs")
+            raise CutqError(f"{len(inputs)} inputs but one output file: use `out_dir` (a folder) for several inputs")
         jobs = [Job(inputs[0], out)]
     else:
         assert out_dir is not None
         if os.path.lexists(out_dir) and not os.path.isdir(out_dir):
-            raise OutputError(f"--out-dir {out_dir}: is a file, not a folder")
+            raise OutputError(f"`out_dir` {out_dir}: is a file, not a folder")
         try:
             os.makedirs(out_dir, exist_ok=True)
         except OSError as exc:
-            raise OutputError(f"--out-dir {out_dir}: cannot make that folder ({exc.strerror or exc})") from exc
+            raise OutputError(f"`out_dir` {out_dir}: cannot make that folder ({exc.strerror or exc})") from exc
         jobs = [Job(src, os.path.join(out_dir, f"{'stdin' if src == STDIO else Path(src).stem}.png")) for src in inputs]
     sources = {os.path.realpath(j.source) for j in jobs if j.source != STDIO}
     targets: dict[str, str] = {}
@@ -223,7 +223,7 @@ def process_one(job: Job, session: Session, options: RemoveOptions, ledger: ledg
     except OSError as exc:
         return f"{job.target if job.target != STDIO else job.source}: {exc.strerror or exc}"
     except MemoryError:
-        return f"{job.source}: out of memory (lower --max-pixels, or use --workers 1)"
+        return f"{job.source}: out of memory (lower `max_pixels`, or set `workers` to 1)"
     except Exception as exc:  # noqa: BLE001 - one odd file must not stop a folder run
         return f"{job.source}: unexpected {type(exc).__name__}: {exc}"
     return None
@@ -244,7 +244,7 @@ def read_input(path: str, limit: int) -> tuple[str, bytes]:
         raise CutqError(f"{path}: cannot read ({reason or exc})") from exc
     _require_regular(path, info)
     if info.st_size > limit:
-        raise ImageError(path, f"{info.st_size} bytes is over the limit of {limit} (--max-bytes)", "too_large")
+        raise ImageError(path, f"{info.st_size} bytes is over the limit of {limit} (`max_bytes`)", "too_large")
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_NOCTTY", 0))
     except OSError as exc:
@@ -274,11 +274,11 @@ def read_capped(handle: BinaryIO, source: str, limit: int) -> bytes:
     except OSError as exc:
         raise CutqError(f"{source}: cannot read ({exc.strerror or exc})") from exc
     if len(data) > limit:
-        raise ImageError(source, f"more than {limit} bytes, over the limit (--max-bytes)", "too_large")
+        raise ImageError(source, f"more than {limit} bytes, over the limit (`max_bytes`)", "too_large")
     return data
 
 
-def parse_bgcolor(text: str | None, label: str = "--bgcolor") -> tuple[int, int, int, int] | None:
+def parse_bgcolor(text: str | None, label: str = "`bgcolor`") -> tuple[int, int, int, int] | None:
     """`R,G,B[,A]` with 0-255 integers (A defaults to 255); `label` names the option in the error."""
     if text is None or text == "":
         return None
@@ -298,7 +298,7 @@ def default_workers() -> int:
 
 def session_config(workers: int | None, threads: int | None, *, strict_cpu: bool = False,
                    low_memory: bool = False) -> tuple[int, SessionConfig]:
-    """The CLIs' `--workers` and `--threads`: workers (default one per core) and the session that serves them,
+    """The CLIs' worker and thread counts: workers (default one per core) and the session that serves them,
     with at most `workers` inferences at once and cores / workers ONNX Runtime threads each."""
     workers = workers or default_workers()
     return workers, SessionConfig(threads=threads or max(1, default_workers() // workers), strict_cpu=strict_cpu,

@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from . import batch, cpu, models
 from .api import DEFAULT_MODEL, DEFAULT_PNG_LEVEL, RemoveOptions
 from .errors import CutqError, shown_warnings
+from .flags import for_cli
 from .progress import TextProgress
 from .session import new_session
 
@@ -79,7 +80,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _remove(args)
         return _models(args)
     except CutqError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {for_cli(str(exc))}", file=sys.stderr)
         return 2
 
 
@@ -99,7 +100,7 @@ def _remove(args: argparse.Namespace) -> int:
         nonlocal count
         count += 1
         if error:
-            print(f"\nerror: {error}", file=sys.stderr)
+            print(f"\nerror: {for_cli(error)}", file=sys.stderr)
         bar(count, len(jobs))
 
     try:

@@ -26,7 +26,7 @@ MAX_SIDE = 32_768
 and back builds filter tables that took 1.9 GB and 22 s for an image of 29 kB."""
 
 DEFAULT_MAX_BYTES = 256 << 20
-"""Files and stdin larger than this are refused before they are read whole (`CUTQ_MAX_BYTES` or `--max-bytes`):
+"""Files and stdin larger than this are refused before they are read whole (`CUTQ_MAX_BYTES` or `max_bytes`):
 a 12 MP JPEG is a few MB and a 89 MP PNG rarely over 200 MB, while /dev/zero or an endless pipe never ends."""
 
 FORMATS = ("JPEG", "PNG", "WEBP", "BMP", "TIFF", "GIF", "PPM")  # JPEG opens MPO too
@@ -69,7 +69,7 @@ def decode(data: bytes, source: str, max_pixels: int | None = None) -> Image.Ima
     limit = max_pixels if max_pixels is not None else max_pixels_default()
     try:
         with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            warnings.simplefilter("ignore")  # Pillow's warnings on odd data (bombs, corrupt EXIF): the checks here decide
             img = Image.open(io.BytesIO(data), formats=FORMATS)
             _check_pixels(img, source, limit)
             if img.format in ("JPEG", "MPO"):
@@ -82,7 +82,7 @@ def decode(data: bytes, source: str, max_pixels: int | None = None) -> Image.Ima
     except UnidentifiedImageError as exc:
         raise ImageError(source, f"not an image in a format cutq reads ({FORMAT_NAMES})", "not_image") from exc
     except (OSError, SyntaxError, ValueError, EOFError, struct.error, IndexError, KeyError, TypeError) as exc:
-        raise ImageError(source, f"corrupt or truncated image data ({_first_line(exc)})") from exc
+        raise ImageError(source, f"corrupt or truncated image data ({first_line(exc)})") from exc
     except MemoryError as exc:
         raise ImageError(source, "corrupt image data: decoding it ran out of memory", "too_large") from exc
     except RecursionError as exc:
@@ -107,7 +107,8 @@ def prepare(img: Image.Image, source: str, max_pixels: int | None = None, *, own
     """
     _check_pixels(img, source, max_pixels if max_pixels is not None else max_pixels_default())
     # A malformed EXIF block must not lose the image: keep it as stored.
-    with contextlib.suppress(Exception):
+    with contextlib.suppress(Exception), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
         if owned:
             ImageOps.exif_transpose(img, in_place=True)
         else:
@@ -122,7 +123,7 @@ def prepare(img: Image.Image, source: str, max_pixels: int | None = None, *, own
         raise ImageError(source, f"unsupported image mode {img.mode}", "unsupported") from exc
 
 
-def _first_line(exc: BaseException) -> str:
+def first_line(exc: BaseException) -> str:
     text = str(exc).strip()
     return text.splitlines()[0][:200] if text else type(exc).__name__
 
@@ -145,7 +146,7 @@ def _check_pixels(img: Image.Image, source: str, limit: int) -> None:
         raise ImageError(
             source,
             f"{width}x{height} = {width * height} pixels exceeds the limit of {limit} "
-            "(decompression-bomb guard; raise it with --max-pixels or CUTQ_MAX_PIXELS)",
+            "(decompression-bomb guard; raise it with `max_pixels` or CUTQ_MAX_PIXELS)",
             "too_large",
         )
     if width == 0 or height == 0:

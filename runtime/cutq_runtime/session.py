@@ -45,12 +45,11 @@ class SessionConfig:
     optimization: str = "all"
     strict_cpu: bool = False
     # Give ONNX Runtime's memory arena back after every run: the cut-out of a large photo then does not stack on
-    # the model's working memory (u2netp-int8, 12 MP photo: peak RSS 242 MB instead of 317), at the cost of
-    # allocating that memory again on the next run. For small devices; servers keep the arena.
+    # the model's working memory, at the cost of allocating that memory again on the next run. For small devices;
+    # servers keep the arena.
     low_memory: bool = False
     # ONNX Runtime's memory pattern plans one block per input shape after the first run, on top of the arena that
-    # run already filled: u2netp-int8 over 100 photos peaked at 255 MB with it and 177 MB without, at the same speed
-    # (8.82 and 8.96 img/s, 2 threads). Off unless asked for.
+    # run already filled: over a folder of photos of many sizes it costs memory and gains no speed. Off unless asked.
     memory_pattern: bool = False
     # At most this many inferences at once (None: as many as callers). A folder run with one worker decodes and
     # encodes the next and previous photos while one inference uses every core, without a second set of activations.
@@ -134,8 +133,7 @@ def disabled_optimizers(manifest: dict | None) -> tuple[str, ...]:
 
     cutq's INT8 variants keep their output head float. At the "all" level ONNX Runtime would move those few
     float Convs into its NCHWc layout, and the reorders of full-resolution feature maps around them cost
-    more than the layout saves: u2net-int8 ran at 0.343x of FP32 with it and 0.328x without, u2netp-int8 at
-    0.455x and 0.407x. FP32 models gain from NCHWc and do not ask. An `.ort` file never gets it anyway."""
+    more than the layout saves. FP32 models gain from NCHWc and do not ask. An `.ort` file never gets it anyway."""
     section = (manifest or {}).get("session") or {}
     wanted = section.get("disabled_optimizers") or () if isinstance(section, dict) else section
     if not isinstance(wanted, list | tuple) or not all(isinstance(name, str) for name in wanted):
@@ -166,7 +164,7 @@ def check_cpu(manifest: dict | None, path: Path, strict: bool = False) -> None:
     if problem is None:
         return
     if strict or os.environ.get("CUTQ_STRICT_CPU", "").strip().lower() in {"1", "true", "yes", "on"}:
-        raise ModelError(f"{problem} (refused: strict CPU check, --strict-cpu or CUTQ_STRICT_CPU=1)")
+        raise ModelError(f"{problem} (refused: strict CPU check, `strict_cpu` or CUTQ_STRICT_CPU=1)")
     warnings.warn(problem, CutqWarning, stacklevel=_outside_level())
 
 

@@ -15,6 +15,7 @@ from collections.abc import Sequence
 
 from ..api import DEFAULT_MODEL
 from ..errors import CutqError
+from ..flags import for_cli
 from .config import DEFAULT_PORT, ServeConfig
 
 EXTRA_HINT = 'the server needs the serve extra: pip install "cutq-runtime[serve]"'
@@ -84,6 +85,6 @@ def main(argv: Sequence[str] | None = None, prog: str = "cutq-runtime serve") ->
     try:
         run(config_from(args), args.log_level)
     except CutqError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {for_cli(str(exc))}", file=sys.stderr)
         return 2
     return 0

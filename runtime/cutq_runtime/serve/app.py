@@ -88,7 +88,7 @@ def create_app(config: ServeConfig, variants: Variants | None = None) -> FastAPI
             if fmt == "png":
                 body = remove(data, session=session, source=source, options=options)
             else:
-                body = images.encode_webp(cut(images.decode(data, source, options.max_pixels), session, options))
+                body = images.encode_webp(cut(images.decode(data, source, options.max_pixels), session, options, source))
             return body, time.perf_counter() - begun
 
         try:
