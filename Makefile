@@ -14,7 +14,7 @@ EXTRAS ?= dev
 DAVIS := ../shared/data/davis-val
 CALIB ?= $(if $(wildcard $(DAVIS)/images),$(DAVIS),calibration_data)
 
-.PHONY: setup quantize demo test lint bench bench-e2e clean cli-docs
+.PHONY: setup quantize demo test lint bench bench-suites bench-baseline bench-e2e clean cli-docs
 
 setup: $(STAMP)  ## create .venv with cutq, cutq-runtime (editable) and the dev tools
 
@@ -42,9 +42,43 @@ lint: setup
 cli-docs: setup  ## regenerate docs/cli.md from the commands' --help (tests/test_cli_docs.py checks it is current)
 	$(BIN)/python tools/cli_docs.py
 
-bench: setup  ## every variant in one run (tables + bench-results/), then the hot-path suites vs the saved baseline
+# The regression check (docs/benchmarks.md#regression-check): the hot-path suites fail when a benchmark's median is
+# more than BENCH_TOLERANCE slower than in the latest baseline recorded on this CPU. Baselines are pytest-benchmark's
+# saved runs, one folder per CPU: benchmarks/baselines/<CPU>/<OS-Python-bits>/NNNN_<commit>_<date>.json.
+BENCH_TOLERANCE ?= median:25%
+BENCH_BASELINES := benchmarks/baselines
+BENCH_SUITES := $(BIN)/python -m pytest benchmarks/suites
+BENCH_STORE := $(BIN)/python -m cutq.benchmarks.machine --baseline-dir $(BENCH_BASELINES)
+
+# The suites, compared with this CPU's latest baseline when there is one (exit 3 from the helper: there is none).
+define bench_suites
+@store=$$($(BENCH_STORE)); found=$$?; \
+	if [ $$found -eq 0 ]; then \
+		echo "Regression check: against the latest run in $$store, failing beyond $(BENCH_TOLERANCE)"; \
+		$(BENCH_SUITES) --benchmark-storage=$$store --benchmark-compare --benchmark-compare-fail=$(BENCH_TOLERANCE); \
+	elif [ $$found -eq 3 ]; then \
+		echo "No baseline for this CPU ($$store): the suites run without a regression check."; \
+		echo "Record one on a quiet machine from a clean tree: make bench-baseline"; \
+		$(BENCH_SUITES); \
+	else exit $$found; fi
+endef
+
+bench: setup  ## every variant in one run (tables + bench-results/), then the hot-path suites vs this CPU's baseline
 	$(BIN)/cutq bench --all --json bench-results/bench.json --markdown bench-results/bench.md --html bench-results/bench.html
-	$(BIN)/python -m pytest benchmarks/suites --benchmark-storage=benchmarks/baselines --benchmark-compare
+	$(bench_suites)
+
+bench-suites: setup  ## the hot-path suites alone; fail on a median BENCH_TOLERANCE slower than this CPU's baseline
+	$(bench_suites)
+
+bench-baseline: setup  ## record this CPU's baseline of the hot-path suites (refused on a dirty tree: BENCH_ALLOW_DIRTY=1)
+	@if [ -n "$$(git status --porcelain)" ]; then \
+		echo "The tree has uncommitted changes (git status --porcelain): a baseline should time committed code."; \
+		if [ -z "$(BENCH_ALLOW_DIRTY)" ]; then echo "Commit or stash them, or record anyway: make bench-baseline BENCH_ALLOW_DIRTY=1"; exit 1; fi; \
+		echo "BENCH_ALLOW_DIRTY is set: recording anyway; the file name ends in _uncommitted-changes."; \
+	fi
+	@echo "Load now (keep it under 0.5 while recording):$$(uptime | sed 's/.*load average//')"
+	@store=$$($(BENCH_STORE)); found=$$?; [ $$found -eq 0 ] || [ $$found -eq 3 ] || exit $$found; \
+	$(BENCH_SUITES) --benchmark-storage=$$store --benchmark-autosave && echo "Baseline saved under $$store/"
 
 bench-e2e: setup  ## cutq vs rembg end to end, with the stage breakdown
 	$(BIN)/python -m cutq.benchmarks.e2e
