@@ -1,4 +1,4 @@
-"""A seeded corpus of hostile and odd inputs for cutq (issue 29), and the child process that feeds it to `remove()`.
+"""A seeded corpus of hostile and odd inputs for cutq, and the child process that feeds it to `remove()`.
 
 Why a generator rather than checked-in files: the corpus is mostly mutations of real photos in eight formats, and
 the interesting bytes (a 30,000,000 x 1 PNG, an ICO holding an 81 Mpx PNG) are tiny to describe and easy to get
@@ -301,7 +301,7 @@ def _odd(corpus: _Corpus, rng: random.Random, photos: list[Image.Image]) -> None
         "odd-idat-split.png": (_split_idat(encode(img, "PNG")), img.size),
     }
     # Each decodable entry costs one inference (~0.25 s for u2netp on two cores) in each of the four runs of
-    # test_fuzz.py: the modes the issue names always, a seeded four of the rest (other seeds cover the others).
+    # test_fuzz.py: the modes docs/hostile-input.md names always, a seeded four of the rest (other seeds cover the others).
     rest = [name for name in odd if name not in ALWAYS_ODD]
     chosen = set(ALWAYS_ODD) | set(rng.sample(rest, 4))
     for name, (data, size) in odd.items():

@@ -1,4 +1,4 @@
-"""Fuzz (issue 29): no input, path or special file can hang, crash or exhaust cutq, and nothing is lost.
+"""Fuzz: no input, path or special file can hang, crash or exhaust cutq, and nothing is lost.
 
 The seeded corpus of tests/fuzz_corpus.py (mutated real photos in every whitelisted format, decompression bombs,
 garbage, odd names), plus special files made here (FIFO, socket, symlink loop, /dev/zero, ...), goes through
@@ -474,7 +474,7 @@ def test_server_answers_the_corpus_without_5xx(corpus: Corpus, u2netp_path: Path
 
 def test_corpus_is_deterministic_and_large_enough(corpus: Corpus) -> None:
     """The same seed gives the same bytes (a failure can be reproduced from its name), and the corpus keeps the
-    size and spread the issue asks for: at least 120 entries, every mutation kind, every format."""
+    size and spread this suite promises: at least 120 entries, every mutation kind, every format."""
     again = generate(FUZZ_SEED)
     assert [(e.name, hashlib.sha256(e.data).hexdigest()) for e in again] == \
            [(e.name, hashlib.sha256(e.data).hexdigest()) for e in corpus.entries]

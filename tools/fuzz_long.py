@@ -1,11 +1,11 @@
-"""The long fuzz run of issue 29: mutated real photos through `remove()` for minutes, with figures at the end.
+"""The long fuzz run: mutated real photos through `remove()` for minutes, with figures at the end.
 
     .venv/bin/python tools/fuzz_long.py --minutes 10 --seed 29 --out .cache/fuzz-long
     .venv/bin/python tools/fuzz_long.py --count 2000            # a fixed number of inputs instead of a time budget
 
 Why a script and not a test: `make test` runs the fixed corpus of tests/fuzz_corpus.py in about a minute; this
 explores further (stacked mutations, random declared sizes, complete extreme-aspect PNGs) and reports figures for
-the issue's closing note: inputs tried by kind, outcomes by error kind, the worst time and peak-RSS growth of any
+docs/hostile-input.md: inputs tried by kind, outcomes by error kind, the worst time and peak-RSS growth of any
 rejected input, and every crash.
 
 Why a random loop and not Hypothesis: Hypothesis is only in the venv as a dependency of schemathesis, not a
