@@ -62,8 +62,8 @@ def run(job: FinetuneJob, progress: Callable[[StepInfo], None] = lambda info: No
         raise OutputError(f"{out}: is an input model; refusing to overwrite it")
     ckpt = job.config.checkpoint or out.with_suffix(".ckpt")
     config = FinetuneConfig(**{**job.config.__dict__, "checkpoint": ckpt})
-    train_paths, verify_paths = calibration_set.split_by_sequence(
-        calibration_set.list_images(job.images_dir or DEFAULT_CALIB_DIR), 0.5, config.seed)
+    images_dir = job.images_dir or DEFAULT_CALIB_DIR
+    train_paths, verify_paths = calibration_set.split_by_sequence(calibration_set.list_images(images_dir), 0.5, config.seed)
     train = calibration_set.load(calibration_set.sample(train_paths, job.train_count, config.seed), student_ref.input)
     held = calibration_set.load(calibration_set.sample(verify_paths, job.verify_count, config.seed), student_ref.input)
     student, teacher = onnx.load(student_ref.path), onnx.load(teacher_ref.path)
@@ -88,10 +88,10 @@ def run(job: FinetuneJob, progress: Callable[[StepInfo], None] = lambda info: No
                    "sha256": file_digest(student_ref.path, "sha256")},
         "steps": [{"step": "finetune", **config.settings(), "epochs": config.epochs,
                    "teacher": {"name": teacher_ref.name, "sha256": file_digest(teacher_ref.path, "sha256")},
-                   "images": [p.name for p in train.paths], "fingerprint": train.fingerprint,
                    "epoch_losses": list(report.epoch_losses)}],
-        "verification": {"images": [p.name for p in held.paths], "fingerprint": held.fingerprint,
-                         "before": _fidelity_dict(before), "after": _fidelity_dict(after)},
+        "calibration": calibration_set.calibration_record(images_dir, config.seed, train.paths),
+        "verification": {**calibration_set.record(held.paths), "before": _fidelity_dict(before),
+                         "after": _fidelity_dict(after)},
     }
     written = export(tuned, out, manifest, source=student_ref.path)
     if not job.keep_checkpoint:

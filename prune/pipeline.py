@@ -142,7 +142,7 @@ def run(job: PruneJob, progress: Progress = lambda message: None) -> PruneResult
         keep = {g: kept for g, kept in keep.items() if len(kept) < graph.groups[g].channels}
     model, slices = pruner.apply(source, graph, keep, moments)
     ranks: dict[str, int] = {}
-    statistics: tuple[str, ...] = ()  # the photos the factoring's output statistics came from
+    statistics: tuple[Path, ...] = ()  # the photos the factoring's output statistics came from
     share = None  # of each separably factored Conv's weights
     if separable_mode:
         model, ranks, share = _separable(source, model, slices, job, progress)
@@ -190,7 +190,7 @@ def run(job: PruneJob, progress: Progress = lambda message: None) -> PruneResult
              "kept": {str(g): k.tolist() for g, k in sorted(keep.items())}},
             {"step": "lowrank", "enabled": factoring,
              **({**asdict(job.lowrank), "narrow_fraction": job.lowrank.narrow} if job.lowrank else {}),
-             "ranks": ranks, "share": share, "photos": list(statistics)},
+             "ranks": ranks, "share": share},
             {"step": "reconstruct", "enabled": job.reconstruct, **asdict(job.reconstruction),
              **(asdict(report) if report else {})},
             {"step": "late_upsample", "enabled": job.late_upsample is not None,
@@ -200,9 +200,10 @@ def run(job: PruneJob, progress: Progress = lambda message: None) -> PruneResult
              "kept": tuned is not None and model is not untuned,
              "other_ssim_mean": other.ssim_mean if other else None},
         ],
-        "calibration": {"images": [p.name for p in calib.paths], "fingerprint": calib.fingerprint, "seed": job.seed},
-        "verification": {"images": [p.name for p in checked.paths], "fingerprint": checked.fingerprint,
-                         "ssim_min": fidelity.ssim_min, "ssim_mean": fidelity.ssim_mean, "mae_mean": fidelity.mae_mean},
+        "calibration": calibration_set.calibration_record(job.calib_dir or DEFAULT_CALIB_DIR, job.seed, calib.paths,
+                                                          statistics),
+        "verification": {**calibration_set.record(checked.paths), "ssim_min": fidelity.ssim_min,
+                         "ssim_mean": fidelity.ssim_mean, "mae_mean": fidelity.mae_mean},
     }
     progress("writing files")
     written = export(model, out, manifest, source=resolved.path)
@@ -225,7 +226,7 @@ def _separable(source: onnx.ModelProto, model: onnx.ModelProto, slices: dict[str
 
 
 def _factor(source: onnx.ModelProto, model: onnx.ModelProto, slices: dict[str, pruner.ConvSlice], job: PruneJob,
-            spec: InputSpec, progress: Progress) -> tuple[onnx.ModelProto, dict[str, int], tuple[str, ...]]:
+            spec: InputSpec, progress: Progress) -> tuple[onnx.ModelProto, dict[str, int], tuple[Path, ...]]:
     """Factor the big Convs that read no removed channel until `job.prune.ratio` of the parameters are gone."""
     config = job.lowrank
     weights = conv_weights(model)
@@ -242,7 +243,7 @@ def _factor(source: onnx.ModelProto, model: onnx.ModelProto, slices: dict[str, p
     outputs = {name: slices[name].outputs if name in slices else None for name in convs}
     found = spectra(source, outputs, photos.tensors, progress)
     ranks = allocate(convs, found, wanted, config.multiple)
-    return factor(model, found, ranks), ranks, tuple(p.name for p in photos.paths)
+    return factor(model, found, ranks), ranks, photos.paths
 
 
 def _excess(source: onnx.ModelProto, model: onnx.ModelProto, job: PruneJob) -> int:

@@ -3,6 +3,8 @@
 Images become tensors through `cutq_runtime`'s own decoding and preprocessing, so calibration sees
 exactly what serving feeds the model. Sampling is seeded; splitting is by scene (the `<sequence>_<frame>`
 stem convention of video datasets such as DAVIS), so calibration and verification never share a scene.
+Every pipeline records its photos in the manifest through `record` and `calibration_record`, so quantize, prune
+and finetune describe them the same way.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -34,11 +37,27 @@ class LoadedImages:
 
     @property
     def fingerprint(self) -> str:
-        """sha256 over file names and contents: recorded in manifests so a variant's inputs are identifiable."""
-        digest = hashlib.sha256()
-        for path in self.paths:
-            digest.update(path.name.encode() + b"\0" + hashlib.sha256(path.read_bytes()).digest())
-        return digest.hexdigest()
+        return fingerprint_of(self.paths)
+
+
+def fingerprint_of(paths: Sequence[Path]) -> str:
+    """sha256 over file names and contents: recorded in manifests so a variant's inputs are identifiable."""
+    digest = hashlib.sha256()
+    for path in paths:
+        digest.update(path.name.encode() + b"\0" + hashlib.sha256(path.read_bytes()).digest())
+    return digest.hexdigest()
+
+
+def record(paths: Sequence[Path]) -> dict[str, Any]:
+    """A manifest's description of photos: their file names (`images`) and `fingerprint`."""
+    return {"images": [p.name for p in paths], "fingerprint": fingerprint_of(paths)}
+
+
+def calibration_record(folder: str | Path, seed: int, *used: Sequence[Path]) -> dict[str, Any]:
+    """The manifest's `calibration` object: every photo a step fitted the variant on, in one list whichever step
+    used it (`used`: the photos of each step that drew its own sample from `folder` with `seed`). One place, so
+    a reader (`cutq bench` keeping these scenes out of its quality photos) needs no step's internals."""
+    return {"folder": str(Path(folder).resolve()), "seed": seed, **record(sorted({p for photos in used for p in photos}))}
 
 
 def list_images(folder: str | Path) -> list[Path]:

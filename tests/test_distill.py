@@ -246,5 +246,7 @@ def test_cli_finetunes_a_student_file_and_writes_variant_files(tmp_path: Path) -
     step = manifest["steps"][0]
     assert (step["step"], step["epochs"], len(step["epoch_losses"])) == ("finetune", 2, 2)
     assert step["teacher"]["sha256"] == file_digest(tmp_path / "teacher.onnx", "sha256")
-    assert set(manifest["verification"]) >= {"before", "after", "images"}
+    assert set(manifest["verification"]) >= {"before", "after", "images"} and "images" not in step
+    assert manifest["schema_version"] == 1 and manifest["calibration"]["folder"] == str(CALIBRATION.resolve())
+    assert set(manifest["calibration"]["images"]).isdisjoint(manifest["verification"]["images"])
     assert models.resolve(out).name == "tuned"  # the manifest's checksum matches the file

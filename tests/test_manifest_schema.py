@@ -70,12 +70,85 @@ def variant(tmp_path: Path, u2netp_path: Path, u2netp_sha256: str) -> tuple[Path
 
 
 def test_the_manifests_cutq_wrote_validate(cache: Path) -> None:
-    """Every variant manifest in the user's cache (written by `cutq quantize`, `prune`, `finetune`)."""
+    """Every variant manifest in the user's cache (written by `cutq quantize`, `prune`, `finetune`), those written
+    before `schema_version` too; reading them rewrites nothing."""
     written = sorted(cache.glob("*.json"))
     if not written:
         pytest.skip(f"no variant manifests in {cache}; make one with `cutq quantize -m u2netp`")
     for path in written:
-        assert manifest.load(path) == json.loads(path.read_text()), path
+        before = path.read_bytes()
+        loaded = manifest.load(path)
+        assert loaded == manifest.upgrade(json.loads(before)) and loaded["schema_version"] == 1, path
+        assert path.read_bytes() == before
+
+
+def test_write_manifest_records_the_schema_version(variant: tuple[Path, dict[str, Any]]) -> None:
+    model, good = variant
+    written = json.loads(models.manifest_path(model).read_text())
+    assert written == {**good, "schema_version": manifest.SCHEMA_VERSION} and manifest.SCHEMA_VERSION == 1
+
+
+def test_a_newer_schema_version_is_refused_with_the_fix(variant: tuple[Path, dict[str, Any]]) -> None:
+    """Refused before the schema: a version 2 manifest may well break version 1's rules, and that is not its fault."""
+    model, good = variant
+    path = models.manifest_path(model)
+    path.write_text(json.dumps({**good, "schema_version": 2, "input": {"size": "auto"}}))
+    expected = f"{path}: schema_version: 2 is newer than this cutq-runtime reads (1); upgrade cutq-runtime"
+    with sessions_created() as seen, pytest.raises(ModelError, match=re.escape(expected)) as refused:
+        new_session("variant", cache_dir=model.parent)
+    assert seen == [] and "\n" not in str(refused.value)
+    assert [info.name for info in models.list_models(model.parent) if info.kind == "variant"] == []
+
+
+LEGACY_SHA = "35e8cfe00cfffc27ad86ecb4ae798ecc0ae8944c0210d1e1c59d610079fcdbf6"
+
+
+@pytest.mark.parametrize(("written", "calibration"), [
+    ({"steps": [{"step": "calibrate", "method": "minmax", "images": ["a_1.jpg", "b_1.jpg"], "fingerprint": LEGACY_SHA,
+                 "seed": 0}]},
+     {"images": ["a_1.jpg", "b_1.jpg"], "fingerprint": LEGACY_SHA, "seed": 0}),  # cutq quantize
+    ({"calibration": {"images": ["a_1.jpg"], "fingerprint": LEGACY_SHA, "seed": 3},
+      "steps": [{"step": "lowrank", "images": 64, "photos": []}]},
+     {"images": ["a_1.jpg"], "fingerprint": LEGACY_SHA, "seed": 3}),  # cutq prune, separable factoring
+    ({"calibration": {"images": ["b_1.jpg"], "fingerprint": LEGACY_SHA, "seed": 3},
+      "steps": [{"step": "lowrank", "images": 64, "photos": ["a_1.jpg", "b_1.jpg"]}]},
+     {"images": ["a_1.jpg", "b_1.jpg"], "seed": 3}),  # output factoring: the fingerprint covered b_1.jpg alone
+    ({"steps": [{"step": "finetune", "seed": 1, "images": ["c_1.jpg"], "fingerprint": LEGACY_SHA}]},
+     {"images": ["c_1.jpg"], "fingerprint": LEGACY_SHA, "seed": 1}),  # cutq finetune
+    ({"steps": [{"step": "calibrate", "images": "a_1.jpg", "fingerprint": "abc"}]}, None),  # not a record cutq wrote
+    ({"steps": [{"step": "copy"}]}, None),  # models import: nothing fitted
+])
+def test_a_manifest_without_schema_version_is_read_as_version_1(variant: tuple[Path, dict[str, Any]],
+                                                                written: dict[str, Any],
+                                                                calibration: dict[str, Any] | None) -> None:
+    """Calibration photos recorded in a step by older cutq are found in `calibration`; the file stays as it is."""
+    model, good = variant
+    path = models.manifest_path(model)
+    old = {**good, **written}
+    path.write_text(json.dumps(old))
+    before = path.read_bytes()
+    loaded = models.resolve(model).manifest
+    assert loaded is not None and loaded["schema_version"] == 1 and loaded["steps"] == old["steps"]
+    assert loaded.get("calibration") == calibration
+    assert path.read_bytes() == before
+
+
+@pytest.mark.parametrize("name", ["u2netp-int8", "u2net-p50-fast"])
+def test_a_variant_from_an_older_cutq_still_loads(cache: Path, tmp_path: Path, name: str) -> None:
+    """A manifest from the user's cache with its model, as older cutq wrote them (quantize, prune): still served,
+    its calibration photos read from where they were recorded."""
+    source = cache / f"{name}.json"
+    old = json.loads(source.read_text()) if source.is_file() else {}
+    if "schema_version" in old or not (cache / f"{name}.onnx").is_file():
+        pytest.skip(f"no manifest in {cache} written before schema_version for {name}")
+    (tmp_path / f"{name}.json").write_bytes(source.read_bytes())
+    (tmp_path / f"{name}.onnx").symlink_to(cache / f"{name}.onnx")
+    session = new_session(name, cache_dir=tmp_path)
+    assert session.model.manifest is not None and session.model.manifest["schema_version"] == 1
+    calibration = session.model.manifest["calibration"]
+    assert len(calibration["images"]) >= 2 and len(calibration["fingerprint"]) == 64
+    assert set(calibration["images"]).isdisjoint(session.model.manifest["verification"]["images"])
+    assert (tmp_path / f"{name}.json").read_bytes() == source.read_bytes()
 
 
 def test_an_imported_manifest_validates(tmp_path: Path, u2netp_path: Path) -> None:
@@ -89,7 +162,7 @@ def test_a_valid_manifest_loads_the_model(variant: tuple[Path, dict[str, Any]]) 
     model, good = variant
     with sessions_created() as seen:
         session = new_session("variant", cache_dir=model.parent)
-    assert seen == [str(model)] and session.model.manifest == good
+    assert seen == [str(model)] and session.model.manifest == {**good, "schema_version": 1}
     assert session.input_spec == InputSpec() and session.disabled_optimizers == ("NchwcTransformer",)
 
 
@@ -157,6 +230,10 @@ BAD: dict[str, tuple[Callable[[dict[str, Any]], str], str]] = {
     "cpu claim unknown": (_set("cpu", "exact_on", "everywhere"), 'cpu.exact_on: must be one of "any", "vnni-or-arm"'),
     "cpu weight boolean": (_set("cpu", "max_abs_weight", True), "cpu.max_abs_weight: must be an integer (got true)"),
     "verification string": (_set(None, "verification", "passed"), 'verification: must be an object (got "passed")'),
+    "calibration images string": (_set(None, "calibration", {"images": "a.jpg"}),
+                                  'calibration.images: must be an array (got "a.jpg")'),
+    "schema_version string": (_set(None, "schema_version", "1"), 'schema_version: must be an integer (got "1")'),
+    "schema_version zero": (_set(None, "schema_version", 0), "schema_version: must be >= 1 (got 0)"),
 }
 
 
@@ -201,6 +278,7 @@ def test_a_bad_manifest_does_not_hide_the_rest_of_the_cache(variant: tuple[Path,
 
 def test_the_schema_is_versioned_and_shipped() -> None:
     schema = manifest.schema()
-    assert re.fullmatch(r"urn:cutq:manifest:\d+", schema["$id"]) and schema["type"] == "object"
+    assert schema["$id"] == f"urn:cutq:manifest:{manifest.SCHEMA_VERSION}" and schema["type"] == "object"
+    assert schema["properties"]["schema_version"]["maximum"] == manifest.SCHEMA_VERSION
     package_data = tomllib.loads((ROOT / "runtime" / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]
     assert manifest.SCHEMA_FILE in package_data["cutq_runtime"]

@@ -140,6 +140,7 @@ def test_import_names_a_variant_and_guards_it(isolated: Path, u2netp_path: Path,
     path = models.import_model(u2netp_path, "my-u2netp", isolated, base="u2netp")
     manifest = models.read_manifest(path)
     assert manifest is not None and manifest["sha256"] and manifest["input"]["size"] == [320, 320]
+    assert manifest["schema_version"] == 1 and "calibration" not in manifest  # an import fitted on no photos
     assert [i.name for i in models.list_models(isolated) if i.kind == "variant"] == ["my-u2netp"]
     assert new_session("my-u2netp", cache_dir=isolated).model.path == path
     data = bytearray(path.read_bytes())

@@ -58,6 +58,9 @@ def test_load_uses_runtime_preprocessing_and_names_skipped_files(tmp_path: Path)
     assert loaded.skipped and "broken.jpg" in loaded.skipped[0]
     assert loaded.tensors[0].shape == (1, 3, 320, 320) and loaded.tensors[0].dtype == np.float32
     assert len(loaded.fingerprint) == 64
+    # one calibration record for the photos of every step, each listed once
+    assert calibration_set.calibration_record(tmp_path, 4, loaded.paths[1:], loaded.paths) == {
+        "folder": str(tmp_path.resolve()), "seed": 4, "images": ["chelsea.png", "coffee.png"], "fingerprint": loaded.fingerprint}
     with pytest.raises(CutqError, match=r"only 2 readable image\(s\), need at least 3"):
         calibration_set.load(paths, InputSpec(), minimum=3)
 

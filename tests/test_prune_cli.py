@@ -49,6 +49,8 @@ def test_pipeline_writes_a_reproducible_variant(tiny: Path, tmp_path: Path) -> N
     assert [s["step"] for s in manifest["steps"]] == ["prune", "lowrank", "reconstruct", "late_upsample", "finetune"]
     assert manifest["steps"][1]["enabled"] is False  # no Conv of the tiny model is big enough to factor
     assert manifest["steps"][0]["ratio"] == 0.5 and manifest["steps"][2]["convs"] == 4
+    assert manifest["schema_version"] == 1 and set(manifest["calibration"]) == {"folder", "seed", "images", "fingerprint"}
+    assert manifest["calibration"]["folder"] == str(CALIBRATION.resolve()) and manifest["calibration"]["images"]
     assert set(manifest["calibration"]["images"]).isdisjoint(manifest["verification"]["images"])
     assert outs[0].with_suffix(".ort").is_file() and 0 < result.fidelity.ssim_mean <= 1
 

@@ -83,7 +83,9 @@ def test_u2netp_factored_through_the_pipeline(u2netp_path: Path, tmp_path: Path)
     manifest = json.loads(job.out.with_suffix(".json").read_text())
     step = next(s for s in manifest["steps"] if s["step"] == "lowrank")
     assert step["enabled"] and step["ranks"] == result.ranks and all(r % 16 == 0 for r in result.ranks.values())
-    assert len(step["photos"]) == 2 and set(step["photos"]).isdisjoint(manifest["verification"]["images"])
+    # the statistics' photos are listed with the refit's (here the same 2) in the one calibration object
+    assert "photos" not in step and len(manifest["calibration"]["images"]) == 2
+    assert set(manifest["calibration"]["images"]).isdisjoint(manifest["verification"]["images"])
     assert modelstats.parameter_count(onnx.load(job.out)) == result.pruned.params
     assert result.fidelity.ssim_mean > 0.8
 

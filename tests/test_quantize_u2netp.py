@@ -79,7 +79,10 @@ def test_variant_files_manifest_and_serving(result: QuantizeResult, tmp_path: Pa
     assert steps["pack_int4"]["convs"] == [] and "requires" not in manifest  # 4-bit weights are opt-in
     assert "Conv_945" in steps["thin_convs"]["split"]  # the full-resolution side-output Conv, 64 -> 1 channel
     assert steps["pad_inputs"]["convs"] == ["Conv_0"]  # the RGB Conv reads a 4th, zero channel
-    assert set(steps["calibrate"]["images"]).isdisjoint(manifest["verification"]["images"])
+    assert manifest["schema_version"] == 1 and "images" not in steps["calibrate"]  # the photos are in one place:
+    calibration = manifest["calibration"]
+    assert len(calibration["images"]) == 16 and len(calibration["fingerprint"]) == 64 and calibration["seed"] == 0
+    assert set(calibration["images"]).isdisjoint(manifest["verification"]["images"])
     assert steps["equalize"]["max_output_change"] < 1e-3 and steps["equalize"]["channels"]
     assert steps["equalize"]["tensor_headroom"] == 3.0
     assert manifest["verification"]["ssim_min"] == pytest.approx(result.fidelity.ssim_min)

@@ -6,6 +6,11 @@ anything uses it: a malformed one is a `ModelError` naming the file and the fiel
 a tensor the size of a poster. The schema file is the one description of the format, for people and for any
 JSON Schema validator; the validator here knows only the keywords that file uses, so the runtime keeps its
 three dependencies.
+
+Versions: a manifest's `schema_version` says which format it is in. One newer than `SCHEMA_VERSION` is refused
+first, whatever else it holds, because its fields may mean something this runtime cannot tell; the fix is a
+newer cutq-runtime. One without `schema_version` was written before the field existed and is read as version 1
+(`upgrade`): users' caches keep loading, and their files are never rewritten.
 """
 
 from __future__ import annotations
@@ -21,6 +26,13 @@ from typing import Any
 
 from .errors import ModelError
 
+SCHEMA_VERSION = 1
+"""The newest manifest format this runtime reads, and the one cutq writes; the schema's `$id` ends in it."""
+SCHEMA_ID = f"urn:cutq:manifest:{SCHEMA_VERSION}"
+LEGACY_PHOTOS = {"calibrate": "images", "finetune": "images", "lowrank": "photos"}
+"""Step -> the key where manifests without `schema_version` listed photos the step fitted on: `cutq quantize`'s
+calibration, `cutq finetune`'s training photos, `cutq prune`'s low-rank statistics (its refit photos were in
+`calibration` already)."""
 MAX_BYTES = 1 << 20
 """The largest manifest read: cutq's biggest (a pruned u2net's kept channels, every step's figures) is 93 KB."""
 MAX_INT_DIGITS = 32
@@ -45,13 +57,14 @@ class _Invalid(Exception):
 
 
 def load(path: Path) -> dict[str, Any]:
-    """The manifest at `path`, checked; `ModelError` ("<path>: <field>: <reason>") when it is unusable."""
+    """The manifest at `path`, checked, and read as version 1 when it has no `schema_version` (`upgrade`);
+    `ModelError` ("<path>: <field>: <reason>") when it is unusable."""
     try:
         with open(path, "rb") as handle:
             data = handle.read(MAX_BYTES + 1)
     except OSError as exc:
         raise ModelError(f"{path}: unreadable manifest ({exc.strerror or exc})") from exc
-    return parse(data, str(path))
+    return upgrade(parse(data, str(path)))
 
 
 def parse(data: bytes, source: str) -> dict[str, Any]:
@@ -69,22 +82,68 @@ def parse(data: bytes, source: str) -> dict[str, Any]:
 
 
 def check(manifest: Any, source: str) -> dict[str, Any]:
-    """`manifest` (as `json.loads` returns it) when it is a JSON object of finite numbers that fits the schema;
-    `ModelError` naming `source` and the first bad field otherwise."""
+    """`manifest` (as `json.loads` returns it) when it is a JSON object of finite numbers, of a version this runtime
+    reads, that fits the schema; `ModelError` naming `source` and the first bad field otherwise."""
     try:
         _check_finite(manifest)
+        _check_version(manifest)
         _check(manifest, schema(), "")
     except _Invalid as exc:
         raise ModelError(f"{source}: {exc}") from None
     return manifest
 
 
+def upgrade(manifest: dict[str, Any]) -> dict[str, Any]:
+    """A checked manifest as the runtime reads it. One with a `schema_version` is returned as it is. One without
+    (written before the field existed) is version 1: it gets `schema_version: 1` and the `calibration` object,
+    gathered from where its steps listed the photos (`LEGACY_PHOTOS`), so readers look in one place whatever
+    cutq wrote the file. The steps stay as written (they are the file's record), and so does the file."""
+    if "schema_version" in manifest:
+        return manifest
+    calibration = _legacy_calibration(manifest)
+    return {**manifest, "schema_version": 1, **({"calibration": calibration} if calibration else {})}
+
+
+def _legacy_calibration(manifest: dict[str, Any]) -> dict[str, Any]:
+    """The `calibration` object of a manifest written before `schema_version`. Steps are checked only for their
+    name, so a record that does not fit the object's schema is left out rather than refused. Names are kept in a
+    dict, so a hostile file's long lists cost linear time."""
+    rules = schema()["$defs"]["calibration"]["properties"]
+    calibration = dict(manifest.get("calibration") or {})
+    names = dict.fromkeys(calibration.get("images", []))
+    for step in manifest.get("steps", []):
+        listed = step.get(LEGACY_PHOTOS.get(step["step"], ""))
+        if not _fits(listed, rules["images"]):
+            continue
+        if not names:  # the step's own record: its fingerprint and seed describe these photos
+            calibration.update({key: step[key] for key in ("fingerprint", "seed") if _fits(step.get(key), rules[key])})
+        added = [name for name in listed if name not in names]
+        if added and names:  # the fingerprint covers fewer photos than are now listed
+            calibration.pop("fingerprint", None)
+        names.update(dict.fromkeys(added))
+    if names:
+        calibration["images"] = sorted(names)
+    return calibration
+
+
 @functools.lru_cache(maxsize=1)
 def schema() -> dict[str, Any]:
-    """The schema shipped in this package (`$id` carries its version), refused if it uses unknown keywords."""
+    """The schema shipped in this package, refused if it uses unknown keywords or its `$id` and `schema_version`
+    bound disagree with `SCHEMA_VERSION` (the writers' number and the validator's must be one)."""
     loaded = json.loads(resources.files("cutq_runtime").joinpath(SCHEMA_FILE).read_text(encoding="utf-8"))
     _check_keywords(loaded)
+    if loaded.get("$id") != SCHEMA_ID or loaded["properties"]["schema_version"].get("maximum") != SCHEMA_VERSION:
+        raise ValueError(f"{SCHEMA_FILE}: $id and schema_version.maximum must name version {SCHEMA_VERSION}")
     return loaded
+
+
+def _check_version(manifest: Any) -> None:
+    """Refuse a newer format before the schema: it may break this schema's rules without being wrong, and what
+    the user must do is upgrade the runtime, not edit the file."""
+    version = manifest.get("schema_version") if isinstance(manifest, dict) else None
+    if _is(version, "integer") and version > SCHEMA_VERSION:
+        raise _Invalid("schema_version", f"{version} is newer than this cutq-runtime reads ({SCHEMA_VERSION}); "
+                       "upgrade cutq-runtime (pip install -U cutq-runtime)")
 
 
 def _check(value: Any, rule: Mapping[str, Any], field: str) -> None:
@@ -208,6 +267,14 @@ def _is(value: Any, kind: str) -> bool:
         return False
     return isinstance(value, {"object": dict, "array": list, "string": str, "integer": int, "number": (int, float),
                               "boolean": bool, "null": type(None)}[kind])
+
+
+def _fits(value: Any, rule: Mapping[str, Any]) -> bool:
+    try:
+        _check(value, rule, "")
+    except _Invalid:
+        return False
+    return True
 
 
 def _same(value: Any, option: Any) -> bool:

@@ -3,7 +3,8 @@
 Layout of the cache (`CUTQ_HOME`, default `~/.cache/cutq`): `<name>.onnx` (or `.ort`) with a
 `<name>.json` manifest beside every file that is not a released model. The flat layout means
 `U2NET_HOME=<cache>` also lets rembg reuse cutq's downloads. Manifests are checked against
-`manifest.schema.json` (see `manifest`) before anything reads them.
+`manifest.schema.json` (see `manifest`) before anything reads them; cutq writes its `schema_version` in each,
+and reads one written before that field as version 1 without rewriting it.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from typing import Any
 from . import cpu
 from .errors import ChecksumError, ModelError
 from .fsutil import atomic_writer, file_digest
+from .manifest import SCHEMA_VERSION
 from .manifest import load as load_manifest
 from .manifest import parse as parse_manifest
 from .progress import ProgressFn, TextProgress
@@ -74,7 +76,8 @@ def manifest_path(model_path: Path) -> Path:
 
 
 def read_manifest(model_path: Path) -> dict[str, Any] | None:
-    """The manifest beside a model file, checked against the schema (`ModelError` naming the field), or None."""
+    """The manifest beside a model file, checked against the schema (`ModelError` naming the field), one without
+    `schema_version` read as version 1 (`manifest.upgrade`); None when there is none."""
     path = manifest_path(model_path)
     if not path.is_file():
         return None
@@ -251,10 +254,11 @@ def import_model(file: str | os.PathLike[str], name: str, cache: Path | None = N
 def write_manifest(model_path: Path, manifest: dict[str, Any]) -> Path:
     """Write the manifest beside a model, atomically, with sorted keys so it is byte-for-byte reproducible.
 
-    The bytes are checked as the runtime will read them first: a manifest it would refuse is a bug in its
-    writer, found here rather than when someone loads the variant."""
+    Every manifest cutq writes passes through here, so this is where it gets `schema_version`. The bytes are
+    checked as the runtime will read them first: a manifest it would refuse is a bug in its writer, found here
+    rather than when someone loads the variant."""
     path = manifest_path(model_path)
-    data = (json.dumps(manifest, indent=2, sort_keys=True) + "\n").encode()
+    data = (json.dumps({**manifest, "schema_version": SCHEMA_VERSION}, indent=2, sort_keys=True) + "\n").encode()
     parse_manifest(data, str(path))
     with atomic_writer(path) as handle:
         handle.write(data)
