@@ -1,7 +1,8 @@
-"""`cutq finetune` as steps: load photos (split by scene) -> fine-tune -> verify on held-out scenes -> export.
+"""Fine-tuning as a job: load photos (split by scene) -> fine-tune -> verify on held-out scenes -> export.
 
 Only wiring lives here; the training is `finetune.finetune`. The manifest records the student and teacher
-checksums, the photos, every setting and the fidelity before and after, so the variant is reproducible.
+checksums, the photos, every setting and the fidelity before and after, so the variant is reproducible. There is no
+command for it: no setting measured has improved a pruned u2net's masks (docs/experiments.md).
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from .finetune import FinetuneConfig, FinetuneReport, StepInfo, finetune
 
 @dataclass(frozen=True)
 class FinetuneJob:
-    """Everything `cutq finetune` needs; the CLI only fills this in."""
+    """Everything a fine-tune needs: the models (names or .onnx paths), the photos and the training settings."""
 
     student: str
     teacher: str

@@ -141,7 +141,8 @@ def test_rembg_is_absent_and_every_module_imports(plain: PlainEnv) -> None:
 def test_every_help_exits_0(plain: PlainEnv) -> None:
     found = plain.python_json(LIST_COMMANDS)
     cutq, runtime = ([" ".join(path) for path in found[cli]] for cli in ("cutq", "runtime"))
-    assert {"", "bench", "remove", "quantize", "prune", "finetune", "serve", "models", "models list"} <= set(cutq)
+    assert {"", "bench", "remove", "quantize", "prune", "serve", "models", "models list"} <= set(cutq)
+    assert "finetune" not in cutq  # Python only: cutq.distill.pipeline.run
     assert {"", "remove", "serve", "models", "models list"} <= set(runtime)
     argvs = [[plain.bin / "cutq", *path, "--help"] for path in found["cutq"]]
     argvs += [[plain.bin / "cutq-runtime", *path, "--help"] for path in found["runtime"]]

@@ -155,10 +155,3 @@ def test_help_fits_a_screen_and_leads_with_the_recipes() -> None:
     assert len(shown.splitlines()) <= 40
     assert "--recipe" in shown and "fast" in shown and "--spare" in shown
     assert "--fast" not in shown and "--keep-narrow" not in shown  # old spellings still work, unlisted
-
-
-def test_finetune_help_names_the_train_extra() -> None:
-    # Rich reads "[train]" as a style tag unless escaped, which printed `pip install 'cutq'`.
-    proc = subprocess.run([str(Path(sys.executable).parent / "cutq"), "finetune", "--help"], capture_output=True,
-                          text=True, check=False, env={**os.environ, "COLUMNS": "200"})
-    assert "pip install 'cutq[train]'" in " ".join(proc.stdout.replace("│", " ").split())  # across wrapped lines

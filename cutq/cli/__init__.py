@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from . import bench, finetune, models, prune, quantize, remove, serve
+from . import bench, models, prune, quantize, remove, serve
 
 app = typer.Typer(
     help="Quantize, prune, benchmark and run U²-Net background removal on CPU.",
@@ -15,7 +15,6 @@ app = typer.Typer(
 app.command("remove")(remove.remove)
 app.command("quantize")(quantize.quantize)
 app.command("prune")(prune.prune)
-app.command("finetune")(finetune.finetune)
 app.command("bench")(bench.bench)
 app.command("serve", context_settings=serve.SETTINGS, add_help_option=False)(serve.serve)
 app.add_typer(models.app, name="models")
