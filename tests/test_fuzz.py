@@ -310,7 +310,7 @@ def probe(corpus: Corpus, tmp_path: Path) -> list[tuple[Run, list[dict]]]:
     def shard(index: int) -> tuple[Run, list[dict]]:
         jobs, results = tmp_path / f"jobs-{index}.json", tmp_path / f"results-{index}.jsonl"
         jobs.write_text(json.dumps([e.manifest(corpus.folder) for e in corpus.entries[index::PROBES]]))
-        run = run_capped([sys.executable, "-m", "tests.fuzz_corpus", "probe", str(jobs), str(results)], cwd=ROOT,
+        run = run_capped([sys.executable, "-m", "tests.fuzz_probe", str(jobs), str(results)], cwd=ROOT,
                          timeout=RUN_TIMEOUT)
         lines = [json.loads(line) for line in results.read_text().splitlines()] if results.exists() else []
         return run, lines

@@ -40,19 +40,20 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from tests.fuzz_corpus import (  # noqa: E402  (the repo root must be on the path first)
-    FORMATS,
+from tests.fuzz_corpus import FORMATS, source_photos  # noqa: E402  (the repo root must be on the path first)
+from tests.fuzz_formats import (  # noqa: E402
     bitflips,
+    bmp_dims,
     byterun,
     declared_png,
+    gif_screen,
     jpeg_dims,
-    measured,
     patch,
-    png_build,
-    png_chunks,
-    source_photos,
-    tiff_set,
+    png_dims,
+    tiff_dims,
+    webp_dims,
 )
+from tests.fuzz_probe import measured  # noqa: E402
 
 OPS = ("truncate", "bitflip", "byterun", "dims", "splice")
 
@@ -84,19 +85,17 @@ def random_dims(rng: random.Random, limit: int) -> tuple[int, int]:
 def with_dims(fmt: str, data: bytes, width: int, height: int) -> bytes:
     """`data` with its header's dimensions replaced (checksums fixed where the format has them)."""
     if fmt == "png":
-        chunks = png_chunks(data)
-        header = struct.pack(">II", width, height) + chunks[0][1][8:]
-        return png_build([(b"IHDR", header), *chunks[1:]])
+        return png_dims(data, width, height)
     if fmt in ("jpeg", "pjpeg", "mpo"):
         return jpeg_dims(data, min(width, 65535), min(height, 65535))
     if fmt == "gif":
-        return patch(data, 6, struct.pack("<HH", min(width, 65535), min(height, 65535)))
+        return gif_screen(data, min(width, 65535), min(height, 65535))
     if fmt == "bmp":
-        return patch(data, 18, struct.pack("<ii", min(width, 2**31 - 1), min(height, 2**31 - 1)))
+        return bmp_dims(data, min(width, 2**31 - 1), min(height, 2**31 - 1))
     if fmt in ("tiff", "tiff-lzw"):
-        return tiff_set(tiff_set(data, 256, width), 257, height)
+        return tiff_dims(data, width, height)
     if fmt == "webp":
-        return patch(data, 26, struct.pack("<HH", min(width, 16383), min(height, 16383)))
+        return webp_dims(data, min(width, 16383), min(height, 16383))
     if fmt == "ppm":
         body = data.split(b"\n", 3)[3]
         return b"P6\n%d %d\n255\n" % (width, height) + body
