@@ -13,6 +13,7 @@ a folder of any size. With a
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import glob
 import hashlib
 import json
@@ -171,6 +172,15 @@ this many pixels: two davis-size (0.4 MP) photos overlap, a 12 MP photo is alone
 holds about 10 MB (RGB, mask, RGBA and PNG), so the pair stays within about 1.1x one cut-out's memory."""
 
 
+def share_one_heap() -> None:
+    """Make glibc's malloc serve every thread from one heap. By default each thread gets its own, which keeps what
+    that thread freed: with one worker, a 12 MP photo's buffers then stayed allocated once per thread, and a folder
+    run peaked at 1.26x a single cut-out instead of 1.05x (same speed). Process-wide, so only the command lines'
+    `session_config` calls it; a no-op where malloc is not glibc's."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None).mallopt(-8, 1)  # M_ARENA_MAX = 1
+
+
 class PixelBudget:
     """At most `limit` decoded pixels in flight; one photo always fits, however large."""
 
@@ -299,8 +309,11 @@ def default_workers() -> int:
 def session_config(workers: int | None, threads: int | None, *, strict_cpu: bool = False,
                    low_memory: bool = False) -> tuple[int, SessionConfig]:
     """The CLIs' worker and thread counts: workers (default one per core) and the session that serves them,
-    with at most `workers` inferences at once and cores / workers ONNX Runtime threads each."""
+    with at most `workers` inferences at once and cores / workers ONNX Runtime threads each. With one worker, the
+    process's threads share one heap (`share_one_heap`): called before the session starts ONNX Runtime's threads."""
     workers = workers or default_workers()
+    if workers == 1:
+        share_one_heap()
     return workers, SessionConfig(threads=threads or max(1, default_workers() // workers), strict_cpu=strict_cpu,
                                   low_memory=low_memory, parallel_runs=workers)
 
