@@ -82,9 +82,7 @@ def remove(data, session=None, only_mask=False, bgcolor=None, *, source="<input>
     opts = options or RemoveOptions(only_mask=only_mask, bgcolor=tuple(bgcolor) if bgcolor else None)
     session = session or default_session()
     if isinstance(data, (bytes, bytearray, memoryview)):
-        limit = opts.max_bytes or images.max_bytes_default()
-        if len(data) > limit:
-            raise ImageError(source, f"{len(data)} bytes is over the limit of {limit} (`max_bytes`)", "too_large")
+        images.check_bytes(len(data), source, opts.max_bytes)
         result = cut(images.decode(bytes(data), source, opts.max_pixels), session, opts, source)
         return images.encode_png(result, opts.png_compress_level)  # the decoded photo is freed before encoding
     if isinstance(data, Image.Image):

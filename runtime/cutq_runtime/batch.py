@@ -253,8 +253,7 @@ def read_input(path: str, limit: int) -> tuple[str, bytes]:
         reason = "no file matches this pattern" if glob.has_magic(path) and not os.path.lexists(path) else exc.strerror
         raise CutqError(f"{path}: cannot read ({reason or exc})") from exc
     _require_regular(path, info)
-    if info.st_size > limit:
-        raise ImageError(path, f"{info.st_size} bytes is over the limit of {limit} (`max_bytes`)", "too_large")
+    images.check_bytes(info.st_size, path, limit)
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_NOCTTY", 0))
     except OSError as exc:
@@ -283,8 +282,7 @@ def read_capped(handle: BinaryIO, source: str, limit: int) -> bytes:
         data = handle.read(limit + 1)
     except OSError as exc:
         raise CutqError(f"{source}: cannot read ({exc.strerror or exc})") from exc
-    if len(data) > limit:
-        raise ImageError(source, f"more than {limit} bytes, over the limit (`max_bytes`)", "too_large")
+    images.check_bytes(len(data), source, limit, at_least=True)
     return data
 
 

@@ -53,6 +53,16 @@ def max_bytes_default() -> int:
     return _env_int("CUTQ_MAX_BYTES", DEFAULT_MAX_BYTES)
 
 
+def check_bytes(size: int, source: str, max_bytes: int | None, *, at_least: bool = False) -> int:
+    """The byte limit (`max_bytes`, else the default); `ImageError` when `size` passes it. `at_least`: the size is
+    where reading stopped, not the whole (a stream)."""
+    limit = max_bytes or max_bytes_default()
+    if size > limit:
+        text = f"more than {limit} bytes, over the limit" if at_least else f"{size} bytes is over the limit of {limit}"
+        raise ImageError(source, f"{text} (`max_bytes`)", "too_large")
+    return limit
+
+
 def _env_int(name: str, default: int) -> int:
     raw = os.environ.get(name, "").strip()
     if not raw:
